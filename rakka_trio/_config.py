@@ -1,0 +1,426 @@
+"""Configuration: frozen, keyword-only, validated attrs classes.
+
+Constructing one with a bad value raises :class:`~rakka_trio.ConfigError` naming the field.
+Loading from a dict or TOML (:meth:`SupervisorConfig.from_dict`, :func:`load_config`) goes through
+the private cattrs converter in ``_convert.py``, which reports *every* bad field path at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from ._credentials import Credential
+from ._errors import ConfigError
+
+__all__ = [
+    "BreakerConfig",
+    "DeploymentConfig",
+    "EndpointConfig",
+    "RateLimits",
+    "RetryPolicy",
+    "SupervisorConfig",
+    "Timeouts",
+    "load_config",
+]
+
+Provider = Literal["openai", "openai-responses", "anthropic", "gemini", "openai-compatible"]
+Jitter = Literal["none", "full", "equal", "decorrelated"]
+LimiterMode = Literal["local", "approximate", "strict"]
+RedisFailurePolicy = Literal["fail_open", "fail_closed", "local_fallback"]
+WindowType = Literal["count", "time"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+
+# --- validators -----------------------------------------------------------------------------
+# Each raises ConfigError naming the field so direct construction and loading read the same.
+# They ignore the instance so the loader can run them field by field to report every problem.
+
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _fail(attribute: attrs.Attribute[Any], message: str) -> None:
+    raise ConfigError([(attribute.name, message)])
+
+
+def _number(
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    integer: bool = False,
+    optional: bool = False,
+) -> Validator:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            if not optional:
+                _fail(attribute, "is required")
+            return
+        kinds: tuple[type, ...] = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            _fail(attribute, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+        if not math.isfinite(value):
+            _fail(attribute, f"must be finite, got {value!r}")
+        if gt is not None and not value > gt:
+            _fail(attribute, f"must be > {gt}, got {value!r}")
+        if ge is not None and not value >= ge:
+            _fail(attribute, f"must be >= {ge}, got {value!r}")
+        if le is not None and not value <= le:
+            _fail(attribute, f"must be <= {le}, got {value!r}")
+
+    return check
+
+
+def _choice(*options: str) -> Validator:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in options:
+            _fail(attribute, f"must be one of {', '.join(options)}; got {value!r}")
+
+    return check
+
+
+def _name(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        _fail(
+            attribute,
+            f"must be 1-128 characters of letters, digits, '.', '_' or '-'; got {value!r}",
+        )
+
+
+def _bool(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(attribute, f"must be true or false, got {value!r}")
+
+
+def _instance(kind: type, what: str) -> Validator:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, kind):
+            _fail(attribute, f"must be {what}, got {type(value).__name__}")
+
+    return check
+
+
+def _optional_str(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        _fail(attribute, f"must be a non-empty string, got {value!r}")
+
+
+def _url(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
+        _fail(attribute, f"must be an http:// or https:// URL, got {value!r}")
+
+
+def _headers(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        _fail(attribute, "must be a table of string header names to string values")
+
+
+def _credential(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, Credential):
+        _fail(attribute, "must be a credential source (env, file, value or callable)")
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str | bytes | Mapping) or not hasattr(value, "__iter__"):
+        raise ConfigError([("$", f"must be a list, got {type(value).__name__}")])
+    return list(value)
+
+
+def _str_items(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ConfigError([(f"{attribute.name}[{i}]", f"must be a string, got {item!r}")])
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError([("$", f"must be a table, got {type(value).__name__}")])
+    return dict(value)
+
+
+# --- config classes -------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class BreakerConfig:
+    """Circuit-breaker rules for one endpoint (DESIGN §4.1).
+
+    It trips on ``failure_threshold`` consecutive failures, or when the failure rate over the
+    sliding window reaches ``failure_rate_threshold`` once ``minimum_calls`` were seen, or when
+    the slow-call rate reaches ``slow_call_rate_threshold`` (calls slower than
+    ``slow_call_duration`` seconds). It stays open ``open_duration`` seconds, multiplied by
+    ``open_duration_multiplier`` on each consecutive trip up to ``open_duration_max``; a server's
+    Retry-After on a 503/overload may lengthen it up to that cap. Half-open admits at most
+    ``half_open_max_probes`` concurrent probes; ``success_threshold`` successes close it, any
+    counted failure re-opens it. A probe that never reports loses its permit after
+    ``probe_timeout`` seconds.
+    """
+
+    failure_threshold: int = attrs.field(default=5, validator=_number(ge=1, integer=True))
+    failure_rate_threshold: float | None = attrs.field(
+        default=0.5, validator=_number(gt=0, le=1, optional=True)
+    )
+    minimum_calls: int = attrs.field(default=20, validator=_number(ge=1, integer=True))
+    window_type: WindowType = attrs.field(default="count", validator=_choice("count", "time"))
+    window_size: int = attrs.field(default=100, validator=_number(ge=1, integer=True))
+    window_duration: float = attrs.field(default=60.0, validator=_number(gt=0))
+    slow_call_duration: float | None = attrs.field(
+        default=None, validator=_number(gt=0, optional=True)
+    )
+    slow_call_rate_threshold: float | None = attrs.field(
+        default=None, validator=_number(gt=0, le=1, optional=True)
+    )
+    open_duration: float = attrs.field(default=30.0, validator=_number(gt=0))
+    open_duration_max: float = attrs.field(default=300.0, validator=_number(gt=0))
+    open_duration_multiplier: float = attrs.field(default=2.0, validator=_number(ge=1))
+    honor_retry_after: bool = attrs.field(default=True, validator=_bool)
+    half_open_max_probes: int = attrs.field(default=1, validator=_number(ge=1, integer=True))
+    success_threshold: int = attrs.field(default=1, validator=_number(ge=1, integer=True))
+    probe_timeout: float = attrs.field(default=120.0, validator=_number(gt=0))
+    count_unknown_errors: bool = attrs.field(default=True, validator=_bool)
+
+    def __attrs_post_init__(self) -> None:
+        errors = []
+        if self.open_duration_max < self.open_duration:
+            errors.append(("open_duration_max", "must be >= open_duration"))
+        if self.slow_call_rate_threshold is not None and self.slow_call_duration is None:
+            errors.append(("slow_call_duration", "is required when slow_call_rate_threshold is set"))
+        if errors:
+            raise ConfigError(errors)
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How failed calls are retried (DESIGN §4.3).
+
+    Backoff starts at ``initial_backoff`` and grows by ``multiplier`` up to ``max_backoff``,
+    with ``jitter``. ``deadline`` bounds the whole call including waits; server hints
+    (``retry-after-ms`` > ``Retry-After``) are honoured up to ``max_server_wait`` (longer asks
+    fail fast). ``per_error`` caps retries per error class name (e.g. ``{"Timeout": 1}``).
+    ``budget_ratio`` limits retries to that fraction of recent requests per endpoint, with
+    ``budget_min_retries_per_second`` always allowed.
+    """
+
+    max_retries: int = attrs.field(default=3, validator=_number(ge=0, integer=True))
+    initial_backoff: float = attrs.field(default=1.0, validator=_number(ge=0))
+    max_backoff: float = attrs.field(default=60.0, validator=_number(ge=0))
+    multiplier: float = attrs.field(default=2.0, validator=_number(ge=1))
+    jitter: Jitter = attrs.field(
+        default="equal", validator=_choice("none", "full", "equal", "decorrelated")
+    )
+    deadline: float | None = attrs.field(default=None, validator=_number(gt=0, optional=True))
+    max_server_wait: float = attrs.field(default=60.0, validator=_number(ge=0))
+    respect_should_retry: bool = attrs.field(default=True, validator=_bool)
+    per_error: Mapping[str, int] = attrs.field(factory=dict, converter=_as_dict)
+    budget_ratio: float = attrs.field(default=0.2, validator=_number(ge=0, le=1))
+    budget_min_retries_per_second: float = attrs.field(default=10.0, validator=_number(ge=0))
+
+    def __attrs_post_init__(self) -> None:
+        errors = []
+        if self.max_backoff < self.initial_backoff:
+            errors.append(("max_backoff", "must be >= initial_backoff"))
+        from . import _errors  # the names users may write in per_error
+
+        for key, value in self.per_error.items():
+            cls = getattr(_errors, key, None)
+            if not (isinstance(cls, type) and issubclass(cls, _errors.RakkaError)):
+                errors.append((f"per_error.{key}", "is not a rakka-trio error class name"))
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                errors.append((f"per_error.{key}", f"must be an integer >= 0, got {value!r}"))
+        if errors:
+            raise ConfigError(errors)
+
+
+@attrs.frozen(kw_only=True)
+class RateLimits:
+    """Provider budgets for one endpoint's key (DESIGN §4.6). ``None`` means unlimited.
+
+    A limit of L per minute refills continuously at L/60 per second and holds at most one
+    minute's worth. ``mode`` is ``local`` (in-process), ``approximate`` (shared via Redis,
+    local-speed checks) or ``strict`` (one atomic Redis call per admission);
+    ``redis_failure_policy`` says what happens when Redis is unreachable.
+    """
+
+    requests_per_minute: int | None = attrs.field(
+        default=None, validator=_number(ge=1, integer=True, optional=True)
+    )
+    tokens_per_minute: int | None = attrs.field(
+        default=None, validator=_number(ge=1, integer=True, optional=True)
+    )
+    input_tokens_per_minute: int | None = attrs.field(
+        default=None, validator=_number(ge=1, integer=True, optional=True)
+    )
+    output_tokens_per_minute: int | None = attrs.field(
+        default=None, validator=_number(ge=1, integer=True, optional=True)
+    )
+    max_concurrent: int | None = attrs.field(
+        default=None, validator=_number(ge=1, integer=True, optional=True)
+    )
+    mode: LimiterMode = attrs.field(
+        default="local", validator=_choice("local", "approximate", "strict")
+    )
+    redis_failure_policy: RedisFailurePolicy = attrs.field(
+        default="local_fallback", validator=_choice("fail_open", "fail_closed", "local_fallback")
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Timeouts:
+    """Per-call timeouts in seconds: TCP/TLS ``connect``, ``first_byte`` after sending,
+    ``read_gap`` between two reads of a stream, optional ``total`` for the whole call, and
+    ``pool`` for waiting on a pooled connection."""
+
+    connect: float = attrs.field(default=10.0, validator=_number(gt=0))
+    first_byte: float = attrs.field(default=60.0, validator=_number(gt=0))
+    read_gap: float = attrs.field(default=60.0, validator=_number(gt=0))
+    total: float | None = attrs.field(default=None, validator=_number(gt=0, optional=True))
+    pool: float = attrs.field(default=10.0, validator=_number(gt=0))
+
+
+@attrs.frozen(kw_only=True)
+class EndpointConfig:
+    """One provider endpoint: where it is, how to authenticate, and its resilience rules."""
+
+    name: str = attrs.field(validator=_name)
+    provider: Provider = attrs.field(
+        validator=_choice("openai", "openai-responses", "anthropic", "gemini", "openai-compatible")
+    )
+    base_url: str = attrs.field(validator=_url)
+    credential: Credential | None = attrs.field(default=None, validator=_credential)
+    model: str | None = attrs.field(default=None, validator=_optional_str)
+    headers: Mapping[str, str] = attrs.field(factory=dict, validator=_headers)
+    http2: bool = attrs.field(default=False, validator=_bool)
+    breaker: BreakerConfig = attrs.field(
+        factory=BreakerConfig, validator=_instance(BreakerConfig, "a BreakerConfig")
+    )
+    retry: RetryPolicy = attrs.field(
+        factory=RetryPolicy, validator=_instance(RetryPolicy, "a RetryPolicy")
+    )
+    limits: RateLimits = attrs.field(
+        factory=RateLimits, validator=_instance(RateLimits, "a RateLimits")
+    )
+    timeouts: Timeouts = attrs.field(
+        factory=Timeouts, validator=_instance(Timeouts, "a Timeouts")
+    )
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentConfig:
+    """A named fallback chain: requests try ``endpoints`` in order (DESIGN §4.7)."""
+
+    name: str = attrs.field(validator=_name)
+    endpoints: list[str] = attrs.field(converter=_as_list, validator=_str_items)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.endpoints:
+            raise ConfigError([("endpoints", "must list at least one endpoint")])
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ConfigError([("endpoints", "must not list an endpoint twice")])
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorConfig:
+    """Everything a supervisor runs: endpoints, deployments, sharing and supervision rules.
+
+    ``redis_url`` enables shared rate limits; ``node_id`` names this process in a fleet
+    (default ``host:pid``). ``event_buffer`` bounds each subscriber's queue (a slow subscriber
+    loses the oldest events and gets a ``Lagged`` marker). A crashed supervised task restarts
+    with backoff (``restart_backoff`` doubling to ``restart_backoff_max``) unless it crashed
+    more than ``restart_intensity`` times within ``restart_period`` seconds, which fails the
+    supervisor. ``stats_interval`` paces the ``Stats`` events.
+    """
+
+    endpoints: list[EndpointConfig] = attrs.field(factory=list, converter=_as_list)
+    deployments: list[DeploymentConfig] = attrs.field(factory=list, converter=_as_list)
+    redis_url: str | None = attrs.field(default=None, validator=_optional_str)
+    node_id: str = attrs.field(
+        factory=_default_node_id,
+        converter=lambda v: _default_node_id() if v is None else v,
+        validator=_instance(str, "a string"),
+    )
+    event_buffer: int = attrs.field(default=1024, validator=_number(ge=1, integer=True))
+    restart_intensity: int = attrs.field(default=5, validator=_number(ge=0, integer=True))
+    restart_period: float = attrs.field(default=60.0, validator=_number(gt=0))
+    restart_backoff: float = attrs.field(default=0.1, validator=_number(ge=0))
+    restart_backoff_max: float = attrs.field(default=5.0, validator=_number(ge=0))
+    stats_interval: float = attrs.field(default=1.0, validator=_number(gt=0))
+
+    def __attrs_post_init__(self) -> None:
+        errors: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for i, ep in enumerate(self.endpoints):
+            if not isinstance(ep, EndpointConfig):
+                errors.append((f"endpoints[{i}]", "must be an EndpointConfig"))
+                continue
+            if ep.name in seen:
+                errors.append((f"endpoints[{i}].name", f"duplicate endpoint name {ep.name!r}"))
+            seen.add(ep.name)
+        deployment_names: set[str] = set()
+        for i, dep in enumerate(self.deployments):
+            if not isinstance(dep, DeploymentConfig):
+                errors.append((f"deployments[{i}]", "must be a DeploymentConfig"))
+                continue
+            if dep.name in deployment_names:
+                errors.append((f"deployments[{i}].name", f"duplicate deployment {dep.name!r}"))
+            deployment_names.add(dep.name)
+            for j, ep_name in enumerate(dep.endpoints):
+                if ep_name not in seen:
+                    errors.append(
+                        (f"deployments[{i}].endpoints[{j}]", f"unknown endpoint {ep_name!r}")
+                    )
+        if self.redis_url is not None and not re.match(r"^rediss?://", self.redis_url):
+            errors.append(("redis_url", "must start with redis:// or rediss://"))
+        if self.restart_backoff_max < self.restart_backoff:
+            errors.append(("restart_backoff_max", "must be >= restart_backoff"))
+        if errors:
+            raise ConfigError(errors)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SupervisorConfig:
+        """Build from plain data (as parsed from TOML/JSON). Raises :class:`ConfigError`
+        listing every bad field path."""
+        from ._convert import structure_config
+
+        return structure_config(data, cls)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> SupervisorConfig:
+        """Load a TOML file (see README "Configuration")."""
+        return load_config(path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for this config, secrets masked (safe to log or show)."""
+        from ._convert import unstructure_config
+
+        return unstructure_config(self)
+
+
+def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> SupervisorConfig:
+    """Load a :class:`SupervisorConfig` from a TOML file path or a mapping."""
+    import tomllib
+
+    if isinstance(source, Mapping):
+        return SupervisorConfig.from_dict(source)
+    path = Path(source)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([("$", f"cannot read {path}: {exc.strerror}")]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([("$", f"{path} is not valid TOML: {exc}")]) from None
+    return SupervisorConfig.from_dict(data)
