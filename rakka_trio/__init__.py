@@ -3,6 +3,8 @@
 The public API lives here; every module behind it is private. See README.md and DESIGN.md §3.
 """
 
+import logging as _logging
+
 from ._breaker import BreakerHandle, BreakerStatistics
 from ._config import (
     BreakerConfig,
@@ -61,8 +63,20 @@ from ._events import (
     TaskRestarted,
     Transition,
 )
+from ._supervisor import (
+    Endpoint,
+    EndpointStatistics,
+    Supervisor,
+    SupervisorStatistics,
+    open_supervisor,
+    run_supervisor,
+)
 
 __version__ = "0.1.0"
+
+# A library never configures logging for its users; this keeps Python's last-resort handler
+# from printing our warnings when the application has not set logging up.
+_logging.getLogger("rakka_trio").addHandler(_logging.NullHandler())
 
 __all__ = [
     "Backpressure",
@@ -80,9 +94,11 @@ __all__ = [
     "ContextLengthExceeded",
     "Credential",
     "DeploymentConfig",
+    "Endpoint",
     "EndpointAdded",
     "EndpointConfig",
     "EndpointRemoved",
+    "EndpointStatistics",
     "EnvCredential",
     "Event",
     "EventTooLarge",
@@ -105,8 +121,10 @@ __all__ = [
     "StreamError",
     "StreamTruncated",
     "Subscription",
+    "Supervisor",
     "SupervisorConfig",
     "SupervisorError",
+    "SupervisorStatistics",
     "TaskRestarted",
     "Timeout",
     "Timeouts",
@@ -116,7 +134,9 @@ __all__ = [
     "__version__",
     "classify_http_status",
     "load_config",
+    "open_supervisor",
     "parse_retry_after",
+    "run_supervisor",
 ]
 
 # --- streaming: SSE decoder and provider stream adapters (issue 3) ---------------------------

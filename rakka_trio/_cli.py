@@ -1,0 +1,66 @@
+"""The ``rakka-trio`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="rakka-trio",
+        description="Trio-native resilience for remote LLM providers.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the scripted incident demo (no keys, no network beyond this process)",
+        description="Drive traffic through a supervisor while a scripted incident trips and "
+        "recovers a breaker; prints live transitions and a final report.",
+    )
+    demo.add_argument(
+        "--duration", type=_positive_float, default=8.0, help="seconds to run (default 8)"
+    )
+    demo.add_argument("--seed", type=int, default=1, help="random seed for the load generator")
+    demo.add_argument(
+        "--concurrency", type=int, default=8, help="concurrent request loops (default 8)"
+    )
+
+    from . import _control_cli
+
+    _control_cli.add_subcommands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rakka-trio`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        try:
+            return run_demo(duration=args.duration, seed=args.seed, concurrency=args.concurrency)
+        except KeyboardInterrupt:
+            return 130
+    from . import _control_cli
+
+    return _control_cli.dispatch(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""The supervisor: a nursery that owns one breaker task per endpoint and everything else.
+
+Request paths use each endpoint's :class:`BreakerHandle` synchronously. Each breaker task
+sleeps until its handle's next deadline and applies timed transitions when they are due, so
+OPEN → HALF_OPEN and forced-state expiry are emitted as events at the moment they happen. The
+task is woken over a bounded memory channel whenever a command or a trip changes that deadline.
+
+Supervised tasks that crash are restarted with exponential backoff; more than
+``restart_intensity`` crashes within ``restart_period`` seconds fail the supervisor with
+:class:`SupervisorError`. Cancellation and KeyboardInterrupt are never restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+import trio
+
+from ._breaker import BreakerHandle, BreakerStatistics
+from ._config import EndpointConfig, SupervisorConfig
+from ._errors import ConfigError, SupervisorError, UnknownEndpoint
+from ._events import (
+    Command,
+    EndpointAdded,
+    EndpointRemoved,
+    Event,
+    EventBus,
+    Stats,
+    Subscription,
+    TaskRestarted,
+    Transition,
+)
+from ._redact import redact
+
+__all__ = [
+    "Endpoint",
+    "EndpointStatistics",
+    "Supervisor",
+    "SupervisorStatistics",
+    "open_supervisor",
+    "run_supervisor",
+]
+
+log = logging.getLogger("rakka_trio.supervisor")
+
+_WAKE_BUFFER = 1  # one pending wake-up is enough: the task re-reads the deadline anyway
+
+
+@attrs.frozen(kw_only=True)
+class EndpointStatistics:
+    """Snapshot of one endpoint: its config identity and breaker."""
+
+    name: str
+    provider: str
+    base_url: str
+    breaker: BreakerStatistics
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorStatistics:
+    """Immutable snapshot of the whole supervisor (:meth:`Supervisor.statistics`)."""
+
+    node_id: str
+    at: float
+    endpoints: MappingProxyType[str, EndpointStatistics]
+    subscribers: int
+    events_published: int
+    task_restarts: int
+
+
+class Endpoint:
+    """One provider endpoint under the supervisor: its config and its breaker.
+
+    (The request API — ``stream``/``complete``/``submit`` — builds on this object.)
+    """
+
+    def __init__(self, config: EndpointConfig, breaker: BreakerHandle) -> None:
+        self._config = config
+        self._breaker = breaker
+
+    @property
+    def name(self) -> str:
+        """The endpoint's name."""
+        return self._config.name
+
+    @property
+    def config(self) -> EndpointConfig:
+        """The endpoint's configuration."""
+        return self._config
+
+    @property
+    def breaker(self) -> BreakerHandle:
+        """The endpoint's circuit breaker handle."""
+        return self._breaker
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.name!r} {self._config.provider} {self._breaker.state.value}>"
+
+
+class _EndpointRuntime:
+    """What the supervisor keeps per endpoint (internal)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.scope = trio.CancelScope()
+        self.wake_send, self.wake_recv = trio.open_memory_channel[None](_WAKE_BUFFER)
+
+    def wake(self) -> None:
+        try:
+            self.wake_send.send_nowait(None)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # a wake-up is already pending, or the endpoint is being removed
+
+
+class Supervisor:
+    """Owns the endpoints, their breaker tasks, the event bus and supervised tasks.
+
+    Create it with :func:`open_supervisor` (or :func:`run_supervisor`); do not instantiate
+    directly.
+    """
+
+    def __init__(self, config: SupervisorConfig, nursery: trio.Nursery) -> None:
+        self._config = config
+        self._nursery = nursery
+        self._bus = EventBus(config.event_buffer)
+        self._runtimes: dict[str, _EndpointRuntime] = {}
+        self._restarts = 0
+        self._closed = False
+
+    # --- endpoints ------------------------------------------------------------------------
+
+    @property
+    def config(self) -> SupervisorConfig:
+        """The configuration the supervisor started with."""
+        return self._config
+
+    @property
+    def node_id(self) -> str:
+        """This process's id in a fleet."""
+        return self._config.node_id
+
+    @property
+    def endpoint_names(self) -> list[str]:
+        """Names of the registered endpoints, in registration order."""
+        return list(self._runtimes)
+
+    def endpoint(self, name: str) -> Endpoint:
+        """The endpoint called ``name``; raises :class:`UnknownEndpoint`."""
+        return self._runtime(name).endpoint
+
+    def breaker(self, name: str) -> BreakerHandle:
+        """The breaker handle of endpoint ``name`` (synchronous; share it freely)."""
+        return self._runtime(name).endpoint.breaker
+
+    def add_endpoint(self, config: EndpointConfig) -> Endpoint:
+        """Register an endpoint at runtime and start its breaker task."""
+        if self._closed:
+            raise RuntimeError("the supervisor is shutting down")
+        if not isinstance(config, EndpointConfig):
+            raise TypeError("add_endpoint expects an EndpointConfig")
+        if config.name in self._runtimes:
+            raise ConfigError([("name", f"endpoint {config.name!r} already exists")])
+        handle = BreakerHandle(config.name, config.breaker, on_transition=self._on_transition)
+        runtime = _EndpointRuntime(Endpoint(config, handle))
+        handle._wake = runtime.wake
+        self._runtimes[config.name] = runtime
+        self._nursery.start_soon(self._run_endpoint, runtime, name=f"breaker:{config.name}")
+        self._bus.publish(EndpointAdded(at=trio.current_time(), endpoint=config.name))
+        return runtime.endpoint
+
+    def remove_endpoint(self, name: str) -> None:
+        """Stop an endpoint's tasks and forget it; its handle stops receiving timer events."""
+        runtime = self._runtimes.pop(name, None)
+        if runtime is None:
+            raise UnknownEndpoint(name)
+        runtime.endpoint.breaker._wake = None
+        runtime.scope.cancel()
+        runtime.wake_send.close()
+        self._bus.publish(EndpointRemoved(at=trio.current_time(), endpoint=name))
+
+    # --- operator commands ----------------------------------------------------------------
+
+    def force_open(
+        self,
+        name: str,
+        duration: float | None = None,
+        reason: str | None = None,
+        *,
+        actor: str = "api",
+    ) -> None:
+        """Hold ``name``'s breaker open for ``duration`` seconds (``None``: until reset).
+
+        Takes effect before this returns; an audit :class:`Command` and the
+        :class:`Transition` are published.
+        """
+        handle = self.breaker(name)
+        self._audit(name, "force_open", actor, reason, duration)
+        handle.force_open(duration, reason=reason, actor=actor)
+
+    def reset(self, name: str, reason: str | None = None, *, actor: str = "api") -> None:
+        """Force-close ``name``'s breaker and clear any forced or disabled state."""
+        handle = self.breaker(name)
+        self._audit(name, "reset", actor, reason, None)
+        handle.reset(reason=reason, actor=actor)
+
+    def disable(
+        self,
+        name: str,
+        duration: float | None = None,
+        reason: str | None = None,
+        *,
+        actor: str = "api",
+    ) -> None:
+        """Bypass ``name``'s breaker (always pass, keep counting) for ``duration`` s or until
+        reset."""
+        handle = self.breaker(name)
+        self._audit(name, "disable", actor, reason, duration)
+        handle.disable(duration, reason=reason, actor=actor)
+
+    # --- events and statistics ------------------------------------------------------------
+
+    def subscribe(self, *, buffer: int | None = None, stats: bool = True) -> Subscription:
+        """A live event stream; use as ``async with sup.subscribe() as events:``.
+
+        ``buffer`` bounds this subscriber's queue (default ``event_buffer``); when it is full
+        the oldest events are dropped and a :class:`Lagged` marker says how many. ``stats``
+        selects the periodic :class:`Stats` snapshots.
+        """
+        return self._bus.subscribe(buffer=buffer, stats=stats)
+
+    def publish(self, event: Event) -> None:
+        """Publish an event to every subscriber (used by the library's own components)."""
+        self._bus.publish(event)
+
+    def statistics(self) -> SupervisorStatistics:
+        """An immutable snapshot of every endpoint."""
+        endpoints = {
+            name: EndpointStatistics(
+                name=name,
+                provider=rt.endpoint.config.provider,
+                base_url=rt.endpoint.config.base_url,
+                breaker=rt.endpoint.breaker.statistics(),
+            )
+            for name, rt in self._runtimes.items()
+        }
+        return SupervisorStatistics(
+            node_id=self.node_id,
+            at=trio.current_time(),
+            endpoints=MappingProxyType(endpoints),
+            subscribers=self._bus.subscriber_count,
+            events_published=self._bus.published,
+            task_restarts=self._restarts,
+        )
+
+    # --- supervised tasks -----------------------------------------------------------------
+
+    def start_task(
+        self, name: str, async_fn: Callable[..., Awaitable[Any]], *args: Any
+    ) -> None:
+        """Run ``async_fn(*args)`` in the supervisor's nursery under its restart policy.
+
+        A normal return ends the task. An exception restarts it after a backoff, unless the
+        restart intensity is exceeded, which fails the whole supervisor with
+        :class:`SupervisorError`. Cancellation and KeyboardInterrupt propagate untouched.
+        """
+        self._nursery.start_soon(self._supervised, name, async_fn, *args, name=name)
+
+    async def _supervised(self, name: str, async_fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        cfg = self._config
+        crashes: deque[float] = deque()
+        backoff = cfg.restart_backoff
+        while True:
+            started = trio.current_time()
+            try:
+                await async_fn(*args)
+                return
+            except Exception as exc:  # BaseExceptions (Cancelled, KeyboardInterrupt) propagate
+                now = trio.current_time()
+                if now - started >= cfg.restart_period:
+                    backoff = cfg.restart_backoff  # it ran healthily for a while
+                crashes.append(now)
+                while crashes and crashes[0] <= now - cfg.restart_period:
+                    crashes.popleft()
+                error = redact(f"{type(exc).__name__}: {exc}")
+                if len(crashes) > cfg.restart_intensity:
+                    log.error("task %s crashed %d times in %.0fs; giving up", name, len(crashes),
+                              cfg.restart_period)
+                    raise SupervisorError(
+                        f"task {name!r} crashed {len(crashes)} times within "
+                        f"{cfg.restart_period:g}s (restart_intensity={cfg.restart_intensity}); "
+                        f"last error: {error}"
+                    ) from exc
+                self._restarts += 1
+                log.warning("task %s crashed (%s); restarting in %.2fs", name, error, backoff)
+                self._bus.publish(
+                    TaskRestarted(
+                        at=now, task=name, error=error, crashes=len(crashes), backoff=backoff
+                    )
+                )
+                await trio.sleep(backoff)
+                backoff = min(max(backoff * 2, cfg.restart_backoff), cfg.restart_backoff_max)
+
+    async def _run_endpoint(self, runtime: _EndpointRuntime) -> None:
+        with runtime.scope:
+            await self._supervised(
+                f"breaker:{runtime.endpoint.name}", self._breaker_loop, runtime
+            )
+
+    @staticmethod
+    async def _breaker_loop(runtime: _EndpointRuntime) -> None:
+        handle = runtime.endpoint.breaker
+        while True:
+            handle.poll()
+            with trio.move_on_at(handle.next_deadline()):
+                await runtime.wake_recv.receive()
+
+    async def _stats_loop(self) -> None:
+        interval = self._config.stats_interval
+        while True:
+            await trio.sleep(interval)
+            if self._bus.wants_stats:
+                self._bus.publish(Stats(at=trio.current_time(), statistics=self.statistics()))
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _runtime(self, name: str) -> _EndpointRuntime:
+        try:
+            return self._runtimes[name]
+        except KeyError:
+            raise UnknownEndpoint(name) from None
+
+    def _on_transition(self, event: Transition) -> None:
+        level = logging.WARNING if event.to_state.value != "closed" else logging.INFO
+        log.log(level, "breaker %s: %s -> %s (%s)", event.endpoint, event.from_state.value,
+                event.to_state.value, event.cause)
+        self._bus.publish(event)
+
+    def _audit(
+        self, name: str, command: str, actor: str, reason: str | None, duration: float | None
+    ) -> None:
+        log.warning("operator %s: %s %s (%s)", actor, command, name, reason or "no reason given")
+        self._bus.publish(
+            Command(
+                at=trio.current_time(),
+                endpoint=name,
+                command=command,
+                actor=actor,
+                reason=reason,
+                duration=duration,
+            )
+        )
+
+    def _start(self) -> None:
+        for endpoint in self._config.endpoints:
+            self.add_endpoint(endpoint)
+        self.start_task("stats", self._stats_loop)
+
+    def _shutdown(self) -> None:
+        self._closed = True
+        self._bus.close()
+
+
+def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+@asynccontextmanager
+async def open_supervisor(config: SupervisorConfig) -> AsyncIterator[Supervisor]:
+    """Run a supervisor for the body of an ``async with``; leaving it cancels and joins every
+    task it started. A single error (from the body or a failed supervised task) is raised as
+    itself rather than wrapped in an exception group."""
+    if not isinstance(config, SupervisorConfig):
+        raise TypeError("open_supervisor expects a SupervisorConfig")
+    try:
+        async with trio.open_nursery() as nursery:
+            sup = Supervisor(config, nursery)
+            try:
+                sup._start()
+                yield sup
+            finally:
+                sup._shutdown()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaf = _single_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from leaf.__cause__
+
+
+async def run_supervisor(
+    config: SupervisorConfig,
+    *,
+    task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Startable form: ``sup = await nursery.start(run_supervisor, cfg)``; runs until cancelled."""
+    async with open_supervisor(config) as sup:
+        task_status.started(sup)
+        await trio.sleep_forever()
