@@ -26,7 +26,7 @@ import trio
 
 from ._config import BreakerConfig
 from ._errors import CircuitOpen, RakkaError, ServerError
-from ._events import BreakerState, Transition
+from ._events import BreakerState, Event, ProbeLimitReached, Transition
 
 __all__ = ["BreakerHandle", "BreakerStatistics"]
 
@@ -92,6 +92,8 @@ def _outcome_of(exc: BaseException | None, count_unknown: bool) -> int:
 class BreakerHandle:
     """Synchronous breaker for one endpoint (DESIGN §4.1). Obtain it with
     :meth:`Supervisor.breaker`; every method is safe to call from any task of the run.
+    ``on_event`` receives every :class:`Transition` (and :class:`ProbeLimitReached`) as it
+    happens; ``clock`` defaults to :func:`trio.current_time`.
 
     ``check()`` raises :class:`CircuitOpen` when a call must fail fast (in HALF_OPEN it takes a
     probe permit); ``record_success()``/``record_failure(exc)`` report the outcome; ``call`` and
@@ -118,6 +120,7 @@ class BreakerHandle:
         "_probe_expired",
         "_probe_failures",
         "_probe_ok",
+        "_probe_limit_reported",
         "_probe_successes",
         "_probes",
         "_rejected",
@@ -139,12 +142,12 @@ class BreakerHandle:
         config: BreakerConfig | None = None,
         *,
         clock: Callable[[], float] = trio.current_time,
-        on_transition: Callable[[Transition], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self._name = name
         self._config = config if config is not None else BreakerConfig()
         self._clock = clock
-        self._listener = on_transition
+        self._listener = on_event
         self._wake: Callable[[], None] | None = None
         self._state = _CLOSED
         self._gen = 0
@@ -165,6 +168,7 @@ class BreakerHandle:
         self._probes: dict[int, float] = {}  # probe id -> permit lease deadline
         self._next_probe = 1
         self._probe_successes = 0
+        self._probe_limit_reported = False
         self._probe_ok = 0
         self._probe_failures = 0
         self._probe_expired = 0
@@ -241,11 +245,9 @@ class BreakerHandle:
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._settle(
-                token, _outcome_of(exc, self._config.count_unknown_errors), exc, self._since(start)
-            )
+            self._finish(token, exc, self._since(start))
             raise
-        self._settle(token, _SUCCESS, None, self._since(start))
+        self._finish(token, None, self._since(start))
         return result
 
     def guard(self) -> _Guard:
@@ -370,6 +372,14 @@ class BreakerHandle:
                     self._wake()  # the task must now watch this permit's lease
                 return -pid
             self._rejected += 1
+            if not self._probe_limit_reported:
+                self._probe_limit_reported = True
+                if self._listener is not None:
+                    self._listener(
+                        ProbeLimitReached(
+                            at=now, endpoint=self._name, probes_in_flight=len(self._probes)
+                        )
+                    )
             raise CircuitOpen(
                 self._name,
                 state=st.value,
@@ -391,6 +401,13 @@ class BreakerHandle:
         if self._state is _HALF_OPEN and self._probes:
             return -next(iter(self._probes))
         return self._gen
+
+    def _finish(self, token: int, exc: BaseException | None, duration: float | None) -> None:
+        """Report the outcome of the call admitted with ``token`` (``exc`` None: success)."""
+        if exc is None:
+            self._settle(token, _SUCCESS, None, duration)
+        else:
+            self._settle(token, _outcome_of(exc, self._config.count_unknown_errors), exc, duration)
 
     def _settle(self, token: int, outcome: int, exc: BaseException | None, duration: float | None) -> None:
         if outcome == _NEUTRAL:
@@ -539,6 +556,7 @@ class BreakerHandle:
             self._opened_at = None
         self._probes.clear()
         self._probe_successes = 0
+        self._probe_limit_reported = False
         # Each state starts a fresh window: old evidence already had its say.
         self._consecutive = 0
         self._window_start = self._calls
@@ -574,10 +592,5 @@ class _Guard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        h = self._handle
-        duration = h._since(self._start)
-        if exc is None:
-            h._settle(self._token, _SUCCESS, None, duration)
-        else:
-            h._settle(self._token, _outcome_of(exc, h._config.count_unknown_errors), exc, duration)
+        self._handle._finish(self._token, exc, self._handle._since(self._start))
 

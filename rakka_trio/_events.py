@@ -25,6 +25,7 @@ __all__ = [
     "Event",
     "EventBus",
     "Lagged",
+    "ProbeLimitReached",
     "Stats",
     "Subscription",
     "TaskRestarted",
@@ -86,6 +87,17 @@ class Transition(Event):
     open_until: float | None = None
     actor: str | None = None
     reason: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ProbeLimitReached(Event):
+    """A half-open breaker turned a call away because all its probe permits are taken.
+
+    Emitted once per half-open period (not per rejected call) so a flood stays quiet.
+    """
+
+    endpoint: str
+    probes_in_flight: int
 
 
 @attrs.frozen(kw_only=True)

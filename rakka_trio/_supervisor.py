@@ -26,6 +26,7 @@ from ._breaker import BreakerHandle, BreakerStatistics
 from ._config import EndpointConfig, SupervisorConfig
 from ._errors import ConfigError, SupervisorError, UnknownEndpoint
 from ._events import (
+    BreakerState,
     Command,
     EndpointAdded,
     EndpointRemoved,
@@ -166,7 +167,7 @@ class Supervisor:
             raise TypeError("add_endpoint expects an EndpointConfig")
         if config.name in self._runtimes:
             raise ConfigError([("name", f"endpoint {config.name!r} already exists")])
-        handle = BreakerHandle(config.name, config.breaker, on_transition=self._on_transition)
+        handle = BreakerHandle(config.name, config.breaker, on_event=self._on_breaker_event)
         runtime = _EndpointRuntime(Endpoint(config, handle))
         handle._wake = runtime.wake
         self._runtimes[config.name] = runtime
@@ -335,10 +336,11 @@ class Supervisor:
         except KeyError:
             raise UnknownEndpoint(name) from None
 
-    def _on_transition(self, event: Transition) -> None:
-        level = logging.WARNING if event.to_state.value != "closed" else logging.INFO
-        log.log(level, "breaker %s: %s -> %s (%s)", event.endpoint, event.from_state.value,
-                event.to_state.value, event.cause)
+    def _on_breaker_event(self, event: Event) -> None:
+        if isinstance(event, Transition):
+            level = logging.INFO if event.to_state is BreakerState.CLOSED else logging.WARNING
+            log.log(level, "breaker %s: %s -> %s (%s)", event.endpoint, event.from_state.value,
+                    event.to_state.value, event.cause)
         self._bus.publish(event)
 
     def _audit(

@@ -1,0 +1,366 @@
+"""The breaker state machine, driven by virtual time (MockClock) only."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import trio
+import trio.testing
+
+import rakka_trio as rk
+from rakka_trio import BreakerState as S
+
+pytestmark = pytest.mark.trio
+
+
+def make(events: list[rk.Transition] | None = None, **cfg: object) -> rk.BreakerHandle:
+    """A handle whose transitions are collected into ``events``."""
+    sink = events if events is not None else []
+
+    def collect(event: rk.Event) -> None:
+        if isinstance(event, rk.Transition):
+            sink.append(event)
+
+    return rk.BreakerHandle("ep", rk.BreakerConfig(**cfg), on_event=collect)  # type: ignore[arg-type]
+
+
+def server_error(retry_after: float | None = None) -> rk.ServerError:
+    return rk.ServerError("boom", status=503, retry_after=retry_after)
+
+
+async def fail_with(exc: BaseException) -> None:
+    raise exc
+
+
+async def ok() -> str:
+    return "ok"
+
+
+async def test_consecutive_failures_trip(mock_clock: trio.testing.MockClock) -> None:
+    events: list[rk.Transition] = []
+    h = make(events, failure_threshold=3, failure_rate_threshold=None)
+    h.record_failure(server_error())
+    h.record_failure(server_error())
+    assert h.state is S.CLOSED
+    h.record_success()  # resets the consecutive count
+    h.record_failure(server_error())
+    h.record_failure(server_error())
+    assert h.state is S.CLOSED
+    h.record_failure(server_error())
+    assert h.state is S.OPEN
+    assert [(e.from_state, e.to_state, e.cause) for e in events] == [
+        (S.CLOSED, S.OPEN, "failure_threshold")
+    ]
+    assert events[0].consecutive_failures == 3
+    with pytest.raises(rk.CircuitOpen) as info:
+        h.check()
+    assert info.value.retry_at == pytest.approx(30.0)
+    assert h.statistics().rejected == 1
+
+
+async def test_failure_rate_trips_only_after_minimum_calls(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    events: list[rk.Transition] = []
+    h = make(
+        events, failure_threshold=100, failure_rate_threshold=0.5, minimum_calls=10, window_size=10
+    )
+    # Alternate: never 2 consecutive failures, but a 50% failure rate.
+    for i in range(9):
+        if i % 2:
+            h.record_failure(server_error())
+        else:
+            h.record_success()
+    assert h.state is S.CLOSED  # 9 calls < minimum_calls
+    h.record_failure(server_error())  # 10 calls, 5 failures: 50%
+    assert h.state is S.OPEN
+    assert events[-1].cause == "failure_rate"
+    assert events[-1].failure_rate == pytest.approx(0.5)
+
+
+async def test_count_window_slides(mock_clock: trio.testing.MockClock) -> None:
+    h = make(failure_threshold=100, failure_rate_threshold=0.5, minimum_calls=4, window_size=4)
+    h.record_failure(server_error())
+    for _ in range(4):
+        h.record_success()  # pushes the failure out of the 4-call window
+    stats = h.statistics()
+    assert (stats.calls_in_window, stats.failures_in_window) == (4, 0)
+    h.record_failure(server_error())
+    assert h.statistics().failure_rate == pytest.approx(0.25)
+    assert h.state is S.CLOSED
+
+
+async def test_time_window_forgets_old_failures(mock_clock: trio.testing.MockClock) -> None:
+    h = make(
+        failure_threshold=100,
+        failure_rate_threshold=0.5,
+        minimum_calls=4,
+        window_type="time",
+        window_duration=10.0,
+    )
+    for _ in range(3):
+        h.record_failure(server_error())
+    await trio.sleep(11)  # those failures leave the window
+    for _ in range(3):
+        h.record_success()
+    h.record_failure(server_error())
+    stats = h.statistics()
+    assert stats.calls_in_window == 4
+    assert stats.failures_in_window == 1
+    assert h.state is S.CLOSED
+
+
+async def test_slow_calls_trip(mock_clock: trio.testing.MockClock) -> None:
+    events: list[rk.Transition] = []
+    h = make(
+        events,
+        minimum_calls=2,
+        slow_call_duration=1.0,
+        slow_call_rate_threshold=1.0,
+    )
+
+    async def slow() -> None:
+        await trio.sleep(2)
+
+    await h.call(slow)
+    assert h.state is S.CLOSED
+    await h.call(slow)
+    assert h.state is S.OPEN
+    assert events[-1].cause == "slow_call_rate"
+
+
+async def test_open_to_half_open_to_closed(mock_clock: trio.testing.MockClock) -> None:
+    events: list[rk.Transition] = []
+    h = make(events, failure_threshold=1, open_duration=10.0)
+    h.record_failure(server_error())
+    await trio.sleep(9.9)
+    with pytest.raises(rk.CircuitOpen):
+        h.check()
+    await trio.sleep(0.1)
+    assert await h.call(ok) == "ok"  # the probe
+    assert [(e.to_state, e.cause) for e in events] == [
+        (S.OPEN, "failure_threshold"),
+        (S.HALF_OPEN, "timer"),
+        (S.CLOSED, "probe_succeeded"),
+    ]
+    assert events[1].at == pytest.approx(10.0)
+
+
+async def test_half_open_admits_bounded_probes(mock_clock: trio.testing.MockClock) -> None:
+    h = make(failure_threshold=1, open_duration=1.0, half_open_max_probes=2, success_threshold=2)
+    h.record_failure(server_error())
+    await trio.sleep(1)
+    h.check()
+    h.check()
+    with pytest.raises(rk.CircuitOpen) as info:
+        h.check()
+    assert info.value.state == "half_open"
+    assert h.statistics().probes_in_flight == 2
+    h.record_success()
+    assert h.state is S.HALF_OPEN  # one success < success_threshold
+    h.check()  # the returned permit can be taken again
+    h.record_success()
+    assert h.state is S.CLOSED
+
+
+async def test_probe_failure_reopens_with_growing_duration(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    events: list[rk.Transition] = []
+    h = make(
+        events, failure_threshold=1, open_duration=10.0, open_duration_max=25.0,
+        open_duration_multiplier=2.0,
+    )
+    h.record_failure(server_error())
+    assert events[-1].open_until == pytest.approx(10.0)
+    await trio.sleep(10)
+    with pytest.raises(rk.ServerError):
+        await h.call(fail_with, server_error())
+    assert h.state is S.OPEN
+    assert events[-1].cause == "probe_failed"
+    assert events[-1].open_until == pytest.approx(10 + 20)
+    await trio.sleep(20)
+    h.check()
+    h.record_failure(server_error())
+    assert events[-1].open_until == pytest.approx(30 + 25)  # capped at open_duration_max
+    await trio.sleep(25)
+    await h.call(ok)
+    assert h.state is S.CLOSED
+    h.record_failure(server_error())  # growth was reset by the recovery
+    assert events[-1].open_until == pytest.approx(55 + 10)
+
+
+async def test_retry_after_lengthens_open_duration(mock_clock: trio.testing.MockClock) -> None:
+    events: list[rk.Transition] = []
+    h = make(events, failure_threshold=1, open_duration=5.0, open_duration_max=60.0)
+    h.record_failure(server_error(retry_after=40.0))
+    assert events[-1].open_until == pytest.approx(40.0)
+    h.reset()
+    h.record_failure(server_error(retry_after=1000.0))
+    assert events[-1].open_until == pytest.approx(60.0)  # capped
+
+
+async def test_non_counting_errors_never_trip(mock_clock: trio.testing.MockClock) -> None:
+    h = make(failure_threshold=1)
+    for exc in (
+        rk.RateLimited("slow down", status=429),
+        rk.BadRequest("bad", status=400),
+        rk.ContentFiltered("no", reason="safety"),
+        rk.QuotaExhausted("empty", status=429),
+        rk.CircuitOpen("other", state="open", opened_at=0, retry_at=1),
+    ):
+        with pytest.raises(type(exc)):
+            await h.call(fail_with, exc)
+    assert h.state is S.CLOSED
+    assert h.statistics().failures == 0
+    assert h.statistics().ignored == 5
+
+
+async def test_cancellation_never_counts_and_returns_probe_permit(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    h = make(failure_threshold=1, open_duration=1.0)
+    # Closed: cancelled calls change no count.
+    with trio.move_on_after(1):
+        await h.call(trio.sleep_forever)
+    assert h.state is S.CLOSED
+    assert h.statistics().failures == 0
+    h.record_failure(server_error())
+    await trio.sleep(1)
+    # Half-open: a cancelled probe gives its permit back at once.
+    with trio.move_on_after(1):
+        async with h.guard():
+            await trio.sleep_forever()
+    assert h.state is S.HALF_OPEN
+    assert h.statistics().probes_in_flight == 0
+    h.check()  # the permit is available again
+
+
+async def test_cancelled_propagates_untouched(mock_clock: trio.testing.MockClock) -> None:
+    h = make()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await h.call(trio.sleep, 1)  # Cancelled must pass through call() to this scope
+    assert scope.cancelled_caught
+    assert h.statistics().failures == 0
+    assert h.statistics().ignored == 1
+
+
+async def test_probe_that_never_reports_loses_permit(mock_clock: trio.testing.MockClock) -> None:
+    h = make(failure_threshold=1, open_duration=1.0, probe_timeout=5.0)
+    h.record_failure(server_error())
+    await trio.sleep(1)
+    h.check()  # a probe that never reports
+    with pytest.raises(rk.CircuitOpen):
+        h.check()
+    await trio.sleep(5)
+    h.check()  # the lease expired; a new probe is admitted
+    assert h.statistics().probe_permits_expired == 1
+
+
+async def test_stale_outcomes_do_not_move_the_breaker(mock_clock: trio.testing.MockClock) -> None:
+    """A call admitted before a trip that fails after recovery can't re-open the breaker."""
+    h = make(failure_threshold=1, open_duration=1.0)
+    release = trio.Event()
+
+    async def slow_failure() -> None:
+        await release.wait()
+        raise server_error()
+
+    async with trio.open_nursery() as nursery:
+
+        async def straggler() -> None:
+            with pytest.raises(rk.ServerError):
+                await h.call(slow_failure)
+
+        nursery.start_soon(straggler)
+        await trio.testing.wait_all_tasks_blocked()
+        h.record_failure(server_error())  # trips
+        await trio.sleep(1)
+        await h.call(ok)  # probe closes it
+        assert h.state is S.CLOSED
+        release.set()
+    assert h.state is S.CLOSED
+
+
+async def test_forced_open_until_expiry_then_half_open(mock_clock: trio.testing.MockClock) -> None:
+    events: list[rk.Transition] = []
+    h = make(events)
+    h.force_open(30.0, reason="incident-42", actor="alice")
+    with pytest.raises(rk.CircuitOpen) as info:
+        h.check()
+    assert info.value.reason == "incident-42"
+    assert info.value.retry_at == pytest.approx(30.0)
+    h.record_success()  # outcomes can't end a forced state
+    assert h.state is S.FORCED_OPEN
+    await trio.sleep(30)
+    assert h.state is S.HALF_OPEN
+    assert [(e.to_state, e.cause, e.actor) for e in events] == [
+        (S.FORCED_OPEN, "forced", "alice"),
+        (S.HALF_OPEN, "timer", None),
+    ]
+
+
+async def test_forced_open_without_duration_needs_reset(mock_clock: trio.testing.MockClock) -> None:
+    h = make()
+    h.force_open(reason="until further notice")
+    with pytest.raises(rk.CircuitOpen) as info:
+        h.check()
+    assert math.isinf(info.value.retry_at)
+    assert h.next_deadline() == math.inf
+    await trio.sleep(10_000)
+    assert h.state is S.FORCED_OPEN
+    h.reset(reason="fixed")
+    assert h.state is S.CLOSED
+    h.check()
+
+
+async def test_disabled_passes_and_counts(mock_clock: trio.testing.MockClock) -> None:
+    h = make(failure_threshold=1)
+    h.disable(10.0, reason="breaker misbehaving")
+    for _ in range(5):
+        h.check()
+        h.record_failure(server_error())
+    stats = h.statistics()
+    assert stats.state is S.DISABLED
+    assert stats.failures == 5
+    await trio.sleep(10)
+    assert h.state is S.CLOSED
+
+
+async def test_reset_clears_counts(mock_clock: trio.testing.MockClock) -> None:
+    h = make(failure_threshold=3)
+    h.record_failure(server_error())
+    h.record_failure(server_error())
+    h.reset()
+    h.record_failure(server_error())
+    h.record_failure(server_error())
+    assert h.state is S.CLOSED
+
+
+async def test_guard_records_outcomes(mock_clock: trio.testing.MockClock) -> None:
+    h = make(failure_threshold=2)
+    async with h.guard():
+        pass
+    for _ in range(2):
+        with pytest.raises(rk.ServerError):
+            async with h.guard():
+                raise server_error()
+    assert h.state is S.OPEN
+    with pytest.raises(rk.CircuitOpen):
+        async with h.guard():
+            raise AssertionError("the body must not run")  # pragma: no cover
+    stats = h.statistics()
+    assert (stats.successes, stats.failures, stats.rejected) == (1, 2, 1)
+
+
+async def test_unknown_errors_count_unless_configured(mock_clock: trio.testing.MockClock) -> None:
+    h = make(failure_threshold=1)
+    with pytest.raises(OSError):
+        await h.call(fail_with, OSError("connection reset"))
+    assert h.state is S.OPEN
+    quiet = make(failure_threshold=1, count_unknown_errors=False)
+    with pytest.raises(OSError):
+        await quiet.call(fail_with, OSError("connection reset"))
+    assert quiet.state is S.CLOSED
