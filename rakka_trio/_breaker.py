@@ -119,13 +119,14 @@ class BreakerHandle:
         "_opened_at",
         "_probe_expired",
         "_probe_failures",
-        "_probe_ok",
         "_probe_limit_reported",
+        "_probe_ok",
         "_probe_successes",
         "_probes",
         "_rejected",
         "_slow_idx",
         "_state",
+        "_trips",
         "_tw",
         "_tw_calls",
         "_tw_fails",
@@ -133,7 +134,6 @@ class BreakerHandle:
         "_wake",
         "_window_failures",
         "_window_start",
-        "_trips",
     )
 
     def __init__(
@@ -215,7 +215,9 @@ class BreakerHandle:
         """Report a successful call (``duration`` in seconds feeds the slow-call rule)."""
         self._settle(self._raw_token(), _SUCCESS, None, duration)
 
-    def record_failure(self, exc: BaseException | None = None, duration: float | None = None) -> None:
+    def record_failure(
+        self, exc: BaseException | None = None, duration: float | None = None
+    ) -> None:
         """Report a failed call. ``exc`` decides whether it counts: cancellations, 429s, other
         4xx and content filtering never do (the probe permit, if any, is returned)."""
         self._settle(
@@ -409,7 +411,9 @@ class BreakerHandle:
         else:
             self._settle(token, _outcome_of(exc, self._config.count_unknown_errors), exc, duration)
 
-    def _settle(self, token: int, outcome: int, exc: BaseException | None, duration: float | None) -> None:
+    def _settle(
+        self, token: int, outcome: int, exc: BaseException | None, duration: float | None
+    ) -> None:
         if outcome == _NEUTRAL:
             self._ignored += 1
             if token < 0:
@@ -593,4 +597,3 @@ class _Guard:
         tb: TracebackType | None,
     ) -> None:
         self._handle._finish(self._token, exc, self._handle._since(self._start))
-

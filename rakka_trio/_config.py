@@ -193,7 +193,9 @@ class BreakerConfig:
         if self.open_duration_max < self.open_duration:
             errors.append(("open_duration_max", "must be >= open_duration"))
         if self.slow_call_rate_threshold is not None and self.slow_call_duration is None:
-            errors.append(("slow_call_duration", "is required when slow_call_rate_threshold is set"))
+            errors.append(
+                ("slow_call_duration", "is required when slow_call_rate_threshold is set")
+            )
         if errors:
             raise ConfigError(errors)
 
@@ -308,9 +310,7 @@ class EndpointConfig:
     limits: RateLimits = attrs.field(
         factory=RateLimits, validator=_instance(RateLimits, "a RateLimits")
     )
-    timeouts: Timeouts = attrs.field(
-        factory=Timeouts, validator=_instance(Timeouts, "a Timeouts")
-    )
+    timeouts: Timeouts = attrs.field(factory=Timeouts, validator=_instance(Timeouts, "a Timeouts"))
 
 
 @attrs.frozen(kw_only=True)
@@ -331,6 +331,10 @@ def _default_node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _node_id(value: str | None) -> str:
+    return _default_node_id() if value is None else value
+
+
 @attrs.frozen(kw_only=True)
 class SupervisorConfig:
     """Everything a supervisor runs: endpoints, deployments, sharing and supervision rules.
@@ -347,9 +351,7 @@ class SupervisorConfig:
     deployments: list[DeploymentConfig] = attrs.field(factory=list, converter=_as_list)
     redis_url: str | None = attrs.field(default=None, validator=_optional_str)
     node_id: str = attrs.field(
-        factory=_default_node_id,
-        converter=lambda v: _default_node_id() if v is None else v,
-        validator=_instance(str, "a string"),
+        factory=_default_node_id, converter=_node_id, validator=_instance(str, "a string")
     )
     event_buffer: int = attrs.field(default=1024, validator=_number(ge=1, integer=True))
     restart_intensity: int = attrs.field(default=5, validator=_number(ge=0, integer=True))

@@ -12,7 +12,7 @@ import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import cattrs
@@ -98,7 +98,7 @@ def _make_converter() -> cattrs.Converter:
                     continue
                 if field.converter is not None:
                     try:
-                        value = field.converter(value)  # type: ignore[call-arg]
+                        value = cast(Callable[[Any], Any], field.converter)(value)
                     except ConfigError as exc:
                         problems.extend(_config_problems(exc, name))
                         continue
@@ -106,8 +106,9 @@ def _make_converter() -> cattrs.Converter:
                     try:
                         field.validator(None, field, value)
                     except ConfigError as exc:
-                        problems.extend((name if p == field.name else _join(name, p), m)
-                                        for p, m in exc.errors)
+                        problems.extend(
+                            (name if p == field.name else _join(name, p), m) for p, m in exc.errors
+                        )
                         continue
                 kwargs[name] = value
             if problems:
@@ -136,8 +137,9 @@ def _make_converter() -> cattrs.Converter:
             raise _Problems(problems)
         return out
 
+    list_type: Any = list
     conv.register_structure_hook_func(
-        lambda tp: typing.get_origin(tp) is list or tp is list, structure_list
+        lambda tp: typing.get_origin(tp) is list_type or tp is list_type, structure_list
     )
 
     # Leaves pass through unchanged: the attrs validators give the readable messages. Only
@@ -149,11 +151,11 @@ def _make_converter() -> cattrs.Converter:
 
     for leaf in (int, float, str, bool):
         conv.register_structure_hook(leaf, passthrough)
+    literal: Any = typing.Literal
+    mappings: tuple[Any, ...] = (Mapping, dict)
+    conv.register_structure_hook_func(lambda tp: typing.get_origin(tp) is literal, passthrough)
     conv.register_structure_hook_func(
-        lambda tp: typing.get_origin(tp) is typing.Literal, passthrough
-    )
-    conv.register_structure_hook_func(
-        lambda tp: typing.get_origin(tp) in (Mapping, dict) or tp in (Mapping, dict), passthrough
+        lambda tp: typing.get_origin(tp) in mappings or tp in mappings, passthrough
     )
 
     def structure_credential(data: Any, _: Any) -> Credential | None:

@@ -85,7 +85,7 @@ def _to_secret(value: Secret | str) -> Secret:
     return value if isinstance(value, Secret) else Secret(value)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class StaticCredential:
     """A credential given directly (tests, local servers). Prefer env or file sources in
     production."""
@@ -97,18 +97,16 @@ class StaticCredential:
         return self.value
 
 
-@attrs.frozen(kw_only=True)
+def _env_var_name(_inst: Any, _attribute: Any, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError([("var", "environment variable name must be a non-empty string")])
+
+
+@attrs.frozen
 class EnvCredential:
     """A credential read from an environment variable each time it is resolved."""
 
-    var: str
-
-    def __init__(self, var: str) -> None:
-        self.__attrs_init__(var=var)  # type: ignore[attr-defined]
-
-    def __attrs_post_init__(self) -> None:
-        if not self.var or not isinstance(self.var, str):
-            raise ConfigError([("var", "environment variable name must be a non-empty string")])
+    var: str = attrs.field(validator=_env_var_name)
 
     async def resolve(self) -> Secret:
         """Read the variable now. Raises :class:`ConfigError` when it is unset or empty."""
@@ -118,14 +116,15 @@ class EnvCredential:
         return Secret(value)
 
 
-@attrs.frozen(kw_only=True)
+def _fspath(value: str | os.PathLike[str]) -> str:
+    return os.fspath(value)
+
+
+@attrs.frozen
 class FileCredential:
     """A credential read from a file (trailing whitespace stripped), re-read on rotation."""
 
-    path: str
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.__attrs_init__(path=os.fspath(path))  # type: ignore[attr-defined]
+    path: str = attrs.field(converter=_fspath)
 
     async def resolve(self) -> Secret:
         """Read the file now, off the event loop."""
@@ -141,14 +140,11 @@ class FileCredential:
         return Secret(value)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class CallableCredential:
     """A credential produced by an async callable (token refresh); called on every rotation."""
 
     fetch: Callable[[], Awaitable[str | Secret]]
-
-    def __init__(self, fetch: Callable[[], Awaitable[str | Secret]]) -> None:
-        self.__attrs_init__(fetch=fetch)  # type: ignore[attr-defined]
 
     async def resolve(self) -> Secret:
         """Await the callable and wrap its result."""
@@ -160,13 +156,14 @@ Credential = StaticCredential | EnvCredential | FileCredential | CallableCredent
 
 
 def credential_from_raw(raw: Any) -> Credential:
-    """Build a credential from its TOML/dict form: ``{env=...}``, ``{file=...}`` or ``{value=...}``."""
+    """Build a credential from its TOML/dict form: ``{env=...}``, ``{file=...}`` or
+    ``{value=...}``."""
     if isinstance(raw, Credential):
         return raw
     if not isinstance(raw, dict) or len(raw) != 1:
         raise ValueError(
             "credential must be a table with exactly one of: env, file, value"
-            " (for example {env = \"OPENAI_API_KEY\"})"
+            ' (for example {env = "OPENAI_API_KEY"})'
         )
     ((kind, value),) = raw.items()
     if not isinstance(value, str) or not value:

@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from ._redact import redact
 
@@ -219,7 +219,8 @@ class Overloaded(ServerError):
 
 
 class Timeout(ProviderError):
-    """A timeout; ``phase`` is ``connect``, ``first_byte``, ``read_gap``, ``total`` or ``server``."""
+    """A timeout; ``phase`` is ``connect``, ``first_byte``, ``read_gap``, ``total`` or
+    ``server`` (HTTP 408)."""
 
     retryable = True
     counts_as_circuit_failure = True

@@ -294,4 +294,3 @@ def frozen_mapping(data: Mapping[str, Any]) -> Mapping[str, Any]:
     from types import MappingProxyType
 
     return MappingProxyType(dict(data))
-

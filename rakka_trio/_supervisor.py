@@ -12,6 +12,7 @@ Supervised tasks that crash are restarted with exponential backoff; more than
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -113,10 +114,11 @@ class _EndpointRuntime:
         self.wake_send, self.wake_recv = trio.open_memory_channel[None](_WAKE_BUFFER)
 
     def wake(self) -> None:
-        try:
+        # A full channel means a wake-up is already pending; closed means it is being removed.
+        with contextlib.suppress(
+            trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
+        ):
             self.wake_send.send_nowait(None)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # a wake-up is already pending, or the endpoint is being removed
 
 
 class Supervisor:
@@ -261,9 +263,7 @@ class Supervisor:
 
     # --- supervised tasks -----------------------------------------------------------------
 
-    def start_task(
-        self, name: str, async_fn: Callable[..., Awaitable[Any]], *args: Any
-    ) -> None:
+    def start_task(self, name: str, async_fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``async_fn(*args)`` in the supervisor's nursery under its restart policy.
 
         A normal return ends the task. An exception restarts it after a backoff, unless the
@@ -272,7 +272,9 @@ class Supervisor:
         """
         self._nursery.start_soon(self._supervised, name, async_fn, *args, name=name)
 
-    async def _supervised(self, name: str, async_fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    async def _supervised(
+        self, name: str, async_fn: Callable[..., Awaitable[Any]], *args: Any
+    ) -> None:
         cfg = self._config
         crashes: deque[float] = deque()
         backoff = cfg.restart_backoff
@@ -290,8 +292,12 @@ class Supervisor:
                     crashes.popleft()
                 error = redact(f"{type(exc).__name__}: {exc}")
                 if len(crashes) > cfg.restart_intensity:
-                    log.error("task %s crashed %d times in %.0fs; giving up", name, len(crashes),
-                              cfg.restart_period)
+                    log.error(
+                        "task %s crashed %d times in %.0fs; giving up",
+                        name,
+                        len(crashes),
+                        cfg.restart_period,
+                    )
                     raise SupervisorError(
                         f"task {name!r} crashed {len(crashes)} times within "
                         f"{cfg.restart_period:g}s (restart_intensity={cfg.restart_intensity}); "
@@ -309,9 +315,7 @@ class Supervisor:
 
     async def _run_endpoint(self, runtime: _EndpointRuntime) -> None:
         with runtime.scope:
-            await self._supervised(
-                f"breaker:{runtime.endpoint.name}", self._breaker_loop, runtime
-            )
+            await self._supervised(f"breaker:{runtime.endpoint.name}", self._breaker_loop, runtime)
 
     @staticmethod
     async def _breaker_loop(runtime: _EndpointRuntime) -> None:
@@ -339,8 +343,14 @@ class Supervisor:
     def _on_breaker_event(self, event: Event) -> None:
         if isinstance(event, Transition):
             level = logging.INFO if event.to_state is BreakerState.CLOSED else logging.WARNING
-            log.log(level, "breaker %s: %s -> %s (%s)", event.endpoint, event.from_state.value,
-                    event.to_state.value, event.cause)
+            log.log(
+                level,
+                "breaker %s: %s -> %s (%s)",
+                event.endpoint,
+                event.from_state.value,
+                event.to_state.value,
+                event.cause,
+            )
         self._bus.publish(event)
 
     def _audit(

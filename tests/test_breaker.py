@@ -169,7 +169,10 @@ async def test_probe_failure_reopens_with_growing_duration(
 ) -> None:
     events: list[rk.Transition] = []
     h = make(
-        events, failure_threshold=1, open_duration=10.0, open_duration_max=25.0,
+        events,
+        failure_threshold=1,
+        open_duration=10.0,
+        open_duration_max=25.0,
         open_duration_multiplier=2.0,
     )
     h.record_failure(server_error())

@@ -6,6 +6,7 @@ internally), so many calls can be in flight at once across every state.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import trio
@@ -55,9 +56,7 @@ class BreakerMachine(RuleBasedStateMachine):
         successes=st.integers(1, 3),
         rate=st.one_of(st.none(), st.floats(0.2, 1.0)),
     )
-    def configure(
-        self, threshold: int, probes: int, successes: int, rate: float | None
-    ) -> None:
+    def configure(self, threshold: int, probes: int, successes: int, rate: float | None) -> None:
         self.max_probes = probes
         cfg = rk.BreakerConfig(
             failure_threshold=threshold,
@@ -70,9 +69,7 @@ class BreakerMachine(RuleBasedStateMachine):
             success_threshold=successes,
             probe_timeout=25.0,
         )
-        self.h = rk.BreakerHandle(
-            "ep", cfg, clock=lambda: self.now, on_event=self.events.append
-        )
+        self.h = rk.BreakerHandle("ep", cfg, clock=lambda: self.now, on_event=self.events.append)
 
     @rule()
     def admit(self) -> None:
@@ -139,7 +136,7 @@ class BreakerMachine(RuleBasedStateMachine):
     @invariant()
     def transitions_chain(self) -> None:
         transitions = [e for e in self.events if isinstance(e, rk.Transition)]
-        for prev, nxt in zip(transitions, transitions[1:], strict=False):
+        for prev, nxt in itertools.pairwise(transitions):
             assert prev.to_state is nxt.from_state
 
     @invariant()

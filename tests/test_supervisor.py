@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+
 import pytest
 import trio
 import trio.testing
@@ -104,16 +105,16 @@ async def test_forced_open_without_duration_stays_until_reset(
 
 
 async def test_disable_bypasses_then_expires(mock_clock: trio.testing.MockClock) -> None:
-    async with rk.open_supervisor(config(endpoint(failure_threshold=1))) as sup:
-        async with sup.subscribe(stats=False) as events:
-            sup.disable("primary", duration=60.0, reason="false alarms")
-            h = sup.breaker("primary")
-            h.record_failure(rk.ServerError("x", status=500))
-            h.check()
-            await next_of(events, rk.Transition)  # -> DISABLED
-            back = await next_of(events, rk.Transition)
-            assert isinstance(back, rk.Transition)
-            assert (back.to_state, back.cause, back.at) == (S.CLOSED, "timer", 60.0)
+    cfg = config(endpoint(failure_threshold=1))
+    async with rk.open_supervisor(cfg) as sup, sup.subscribe(stats=False) as events:
+        sup.disable("primary", duration=60.0, reason="false alarms")
+        h = sup.breaker("primary")
+        h.record_failure(rk.ServerError("x", status=500))
+        h.check()
+        await next_of(events, rk.Transition)  # -> DISABLED
+        back = await next_of(events, rk.Transition)
+        assert isinstance(back, rk.Transition)
+        assert (back.to_state, back.cause, back.at) == (S.CLOSED, "timer", 60.0)
 
 
 async def test_unknown_endpoint(mock_clock: trio.testing.MockClock) -> None:
@@ -158,8 +159,9 @@ async def test_add_and_remove_endpoints_at_runtime(mock_clock: trio.testing.Mock
 async def test_crashing_task_restarts_with_backoff_then_fails_supervisor(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    cfg = config(restart_intensity=3, restart_period=60.0, restart_backoff=1.0,
-                 restart_backoff_max=3.0)
+    cfg = config(
+        restart_intensity=3, restart_period=60.0, restart_backoff=1.0, restart_backoff_max=3.0
+    )
     starts: list[float] = []
 
     async def flaky() -> None:
@@ -342,20 +344,19 @@ async def test_startable_form(mock_clock: trio.testing.MockClock) -> None:
 
 async def test_thousand_endpoints(mock_clock: trio.testing.MockClock) -> None:
     endpoints = [endpoint(f"ep{i}", failure_threshold=1, open_duration=5.0) for i in range(1000)]
-    async with rk.open_supervisor(config(*endpoints)) as sup:
-        async with sup.subscribe(stats=False, buffer=5000) as events:
-            for i in range(0, 1000, 10):
-                sup.breaker(f"ep{i}").record_failure()
-            await trio.sleep(5)
-            await trio.testing.wait_all_tasks_blocked()  # let every breaker task run at t=5
-            timers = []
-            while True:
-                try:
-                    event = events.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                if isinstance(event, rk.Transition) and event.cause == "timer":
-                    timers.append(event)
-            assert len(timers) == 100
-            assert {t.at for t in timers} == {5.0}
-
+    cfg = config(*endpoints)
+    async with rk.open_supervisor(cfg) as sup, sup.subscribe(stats=False, buffer=5000) as events:
+        for i in range(0, 1000, 10):
+            sup.breaker(f"ep{i}").record_failure()
+        await trio.sleep(5)
+        await trio.testing.wait_all_tasks_blocked()  # let every breaker task run at t=5
+        timers = []
+        while True:
+            try:
+                event = events.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if isinstance(event, rk.Transition) and event.cause == "timer":
+                timers.append(event)
+        assert len(timers) == 100
+        assert {t.at for t in timers} == {5.0}
