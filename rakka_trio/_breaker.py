@@ -19,7 +19,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import ParamSpec, TypeVar
+from typing import TypeVar, TypeVarTuple, Unpack
 
 import attrs
 import trio
@@ -30,7 +30,7 @@ from ._events import BreakerState, Event, ProbeLimitReached, Transition
 
 __all__ = ["BreakerHandle", "BreakerStatistics"]
 
-P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
 T = TypeVar("T")
 
 _CLOSED = BreakerState.CLOSED
@@ -108,6 +108,7 @@ class BreakerHandle:
         "_consecutive_trips",
         "_fail_idx",
         "_fast",
+        "_fast_closed",
         "_forced_by",
         "_forced_reason",
         "_gen",
@@ -179,6 +180,7 @@ class BreakerHandle:
         cfg = self._config
         # The fast path of call(): closed, count window, no slow-call timing.
         self._fast = cfg.window_type == "count" and cfg.slow_call_duration is None
+        self._fast_closed = self._fast  # _fast and currently CLOSED: one load on the hot path
 
     # --- public properties ----------------------------------------------------------------
 
@@ -224,15 +226,17 @@ class BreakerHandle:
             self._raw_token(), _outcome_of(exc, self._config.count_unknown_errors), exc, duration
         )
 
-    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """``check()``, await ``fn(*args, **kwargs)``, record its outcome, return its result.
+    async def call(self, fn: Callable[[Unpack[Ts]], Awaitable[T]], /, *args: Unpack[Ts]) -> T:
+        """``check()``, await ``fn(*args)``, record its outcome, return its result.
 
         Exceptions propagate unchanged; cancellation never counts and returns the probe permit.
+        Like Trio's own APIs it takes positional arguments only (use :func:`functools.partial`
+        for keywords): this is the hot path, and keyword forwarding costs a third of it.
         """
-        if self._fast and self._state is _CLOSED:
+        if self._fast_closed:
             gen = self._gen
             try:
-                result = await fn(*args, **kwargs)
+                result = await fn(*args)
             except BaseException as exc:
                 self._settle(gen, _outcome_of(exc, self._config.count_unknown_errors), exc, None)
                 raise
@@ -245,7 +249,7 @@ class BreakerHandle:
         token = self._acquire()
         start = self._clock() if self._config.slow_call_duration is not None else 0.0
         try:
-            result = await fn(*args, **kwargs)
+            result = await fn(*args)
         except BaseException as exc:
             self._finish(token, exc, self._since(start))
             raise
@@ -554,6 +558,7 @@ class BreakerHandle:
             reason=reason,
         )
         self._state = to
+        self._fast_closed = self._fast and to is _CLOSED
         self._gen += 1
         self._open_until = until
         if to is _CLOSED:
@@ -586,6 +591,9 @@ class _Guard:
 
     async def __aenter__(self) -> None:
         h = self._handle
+        if h._fast_closed:
+            self._token = h._gen
+            return
         self._token = h._acquire()
         if h._config.slow_call_duration is not None:
             self._start = h._clock()
@@ -596,4 +604,9 @@ class _Guard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._handle._finish(self._token, exc, self._handle._since(self._start))
+        h = self._handle
+        if exc is None and self._token == h._gen and h._fast_closed:
+            h._consecutive = 0
+            h._calls += 1
+            return
+        h._finish(self._token, exc, h._since(self._start))
