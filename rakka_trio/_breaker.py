@@ -19,7 +19,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TypeVar, TypeVarTuple, Unpack
+from typing import TypeVar, TypeVarTuple
 
 import attrs
 import trio
@@ -226,7 +226,7 @@ class BreakerHandle:
             self._raw_token(), _outcome_of(exc, self._config.count_unknown_errors), exc, duration
         )
 
-    async def call(self, fn: Callable[[Unpack[Ts]], Awaitable[T]], /, *args: Unpack[Ts]) -> T:
+    async def call(self, fn: Callable[[*Ts], Awaitable[T]], /, *args: *Ts) -> T:
         """``check()``, await ``fn(*args)``, record its outcome, return its result.
 
         Exceptions propagate unchanged; cancellation never counts and returns the probe permit.
