@@ -143,3 +143,6 @@ __all__ = [
 
 # --- streaming: SSE decoder and provider stream adapters (issue 3) ---------------------------
 # (names are appended to __all__ below this line by the streaming modules' integration)
+from ._sse import SSEDecoder, SSEEvent  # noqa: E402
+
+__all__ += ["SSEDecoder", "SSEEvent"]
