@@ -64,6 +64,7 @@ from ._events import (
     TaskRestarted,
     Transition,
 )
+from ._retry import Retrier, RetryBudget, RetryDecision
 from ._supervisor import (
     Endpoint,
     EndpointStatistics,
@@ -115,6 +116,9 @@ __all__ = [
     "RakkaError",
     "RateLimited",
     "RateLimits",
+    "Retrier",
+    "RetryBudget",
+    "RetryDecision",
     "RetryPolicy",
     "Secret",
     "ServerError",
