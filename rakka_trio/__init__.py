@@ -150,3 +150,28 @@ __all__ = [
 from ._sse import SSEDecoder, SSEEvent  # noqa: E402
 
 __all__ += ["SSEDecoder", "SSEEvent"]
+
+# --- control plane: websocket server, client and errors (issue 6) ----------------------------
+from ._control import ControlServer, ControlServerStatistics, serve_control  # noqa: E402
+from ._control_client import (  # noqa: E402
+    ControlAuthError,
+    ControlClient,
+    ControlCommandError,
+    ControlConnectionError,
+    ControlError,
+    ControlUnknownEndpoint,
+    open_control_client,
+)
+
+__all__ += [
+    "ControlAuthError",
+    "ControlClient",
+    "ControlCommandError",
+    "ControlConnectionError",
+    "ControlError",
+    "ControlServer",
+    "ControlServerStatistics",
+    "ControlUnknownEndpoint",
+    "open_control_client",
+    "serve_control",
+]
