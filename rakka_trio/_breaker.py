@@ -415,6 +415,10 @@ class BreakerHandle:
         else:
             self._settle(token, _outcome_of(exc, self._config.count_unknown_errors), exc, duration)
 
+    def _release(self, token: int) -> None:
+        """End the call admitted with ``token`` without an outcome (the caller left early)."""
+        self._settle(token, _NEUTRAL, None, None)
+
     def _settle(
         self, token: int, outcome: int, exc: BaseException | None, duration: float | None
     ) -> None:
