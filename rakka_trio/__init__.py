@@ -175,3 +175,6 @@ __all__ += [
     "open_control_client",
     "serve_control",
 ]
+from ._chunks import Citation, StreamChunk, ToolCallDelta, Usage  # noqa: E402
+
+__all__ += ["Citation", "StreamChunk", "ToolCallDelta", "Usage"]

@@ -42,6 +42,7 @@ __all__ = [
     "Unauthorized",
     "UnknownEndpoint",
     "classify_http_status",
+    "classify_stream_error",
     "parse_retry_after",
 ]
 
@@ -364,6 +365,20 @@ def classify_http_status(
     """
     if not 400 <= status <= 599:
         raise ValueError(f"HTTP status {status} is not an error status")
+    return _classify(status, headers, body, provider=provider, endpoint=endpoint, http=True)
+
+
+def _classify(
+    status: int,
+    headers: Mapping[str, str] | None,
+    body: bytes | str | Mapping[str, Any] | None,
+    *,
+    provider: str | None,
+    endpoint: str | None,
+    http: bool,
+) -> ProviderError:
+    """:func:`classify_http_status`'s mapping; ``http=False`` means ``status`` is only a hint
+    derived from an in-stream error, so it is not reported as the response's status."""
     h = _lower_headers(headers)
     etype, code, message = _error_fields(body)
     keys = {k.lower() for k in (etype, code) if k}
@@ -374,7 +389,7 @@ def classify_http_status(
     kw: dict[str, Any] = {
         "provider": provider,
         "endpoint": endpoint,
-        "status": status,
+        "status": status if http else None,
         "code": code or etype,
         "retry_after": retry_after,
         "retryable": retryable,
@@ -412,3 +427,77 @@ def classify_http_status(
     if status == 409 and retryable is None:
         kw["retryable"] = True  # lock conflicts: the official SDKs retry these
     return BadRequest(text, **kw)
+
+
+# The HTTP status each provider's error type or gRPC-style status stands for, used to classify
+# errors that arrive inside a 200 stream (whose real HTTP status says nothing).
+_STREAM_ERROR_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "invalid_argument": 400,
+    "failed_precondition": 400,
+    "invalid_prompt": 400,
+    "authentication_error": 401,
+    "unauthenticated": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "permission_denied": 403,
+    "not_found_error": 404,
+    "not_found": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "resource_exhausted": 429,
+    "insufficient_quota": 429,
+    "api_error": 500,
+    "server_error": 500,
+    "internal": 500,
+    "internal_error": 500,
+    "unavailable": 503,
+    "timeout_error": 504,
+    "deadline_exceeded": 504,
+    "overloaded_error": 529,
+}
+_STREAM_ERROR_STATUS.update(dict.fromkeys(_QUOTA_CODES, 429))
+_STREAM_ERROR_STATUS.update(dict.fromkeys(_FILTER_CODES | _CONTEXT_CODES, 400))
+
+
+def classify_stream_error(
+    payload: bytes | str | Mapping[str, Any] | None,
+    *,
+    provider: str | None = None,
+    endpoint: str | None = None,
+) -> ProviderError:
+    """Map an error object reported *inside* a started stream to its typed error.
+
+    The payload is the provider's error (an OpenAI ``{"error": {...}}`` chunk, an Anthropic
+    ``event: error`` body, a Gemini ``{"error": {"code", "status"}}`` event, a Responses API
+    ``error`` event). Its type or numeric code selects the class exactly as
+    :func:`classify_http_status` would for that HTTP status (``overloaded_error`` →
+    :class:`Overloaded`, ``rate_limit_error`` → :class:`RateLimited`, ``api_error`` →
+    :class:`ServerError` ...), but ``status`` stays ``None``: the HTTP response was a 200.
+    An error nothing recognises is a :class:`StreamError`.
+    """
+    etype, code, message = _error_fields(payload)
+    hint: int | None = None
+    for key in (code, etype):  # the code is the more specific (OpenAI: type + code)
+        if key and hint is None:
+            hint = _STREAM_ERROR_STATUS.get(key.lower())
+    if hint is None:
+        data: Any = payload
+        if isinstance(payload, str | bytes):
+            try:
+                data = json.loads(payload)
+            except ValueError:
+                data = None
+        err = data.get("error", data) if isinstance(data, Mapping) else None
+        number = err.get("code") if isinstance(err, Mapping) else None
+        if isinstance(number, int) and not isinstance(number, bool) and 400 <= number <= 599:
+            hint = number
+    if hint is None:
+        return StreamError(
+            message or etype or code or "error in stream",
+            provider=provider,
+            endpoint=endpoint,
+            code=code or etype,
+        )
+    return _classify(hint, None, payload, provider=provider, endpoint=endpoint, http=False)
