@@ -147,9 +147,10 @@ __all__ = [
 
 # --- streaming: SSE decoder and provider stream adapters (issue 3) ---------------------------
 # (names are appended to __all__ below this line by the streaming modules' integration)
+from ._chunks import Citation, StreamChunk, ToolCallDelta, Usage  # noqa: E402
 from ._sse import SSEDecoder, SSEEvent  # noqa: E402
 
-__all__ += ["SSEDecoder", "SSEEvent"]
+__all__ += ["Citation", "SSEDecoder", "SSEEvent", "StreamChunk", "ToolCallDelta", "Usage"]
 
 # --- control plane: websocket server, client and errors (issue 6) ----------------------------
 from ._control import ControlServer, ControlServerStatistics, serve_control  # noqa: E402
@@ -175,6 +176,3 @@ __all__ += [
     "open_control_client",
     "serve_control",
 ]
-from ._chunks import Citation, StreamChunk, ToolCallDelta, Usage  # noqa: E402
-
-__all__ += ["Citation", "StreamChunk", "ToolCallDelta", "Usage"]
