@@ -247,9 +247,14 @@ class RateLimits:
     """Provider budgets for one endpoint's key (DESIGN §4.6). ``None`` means unlimited.
 
     A limit of L per minute refills continuously at L/60 per second and holds at most one
-    minute's worth. ``mode`` is ``local`` (in-process), ``approximate`` (shared via Redis,
-    local-speed checks) or ``strict`` (one atomic Redis call per admission);
-    ``redis_failure_policy`` says what happens when Redis is unreachable.
+    minute's worth, or ``*_burst`` units when set (a cost above the burst fails at once).
+    ``mode`` is ``local`` (in-process), ``approximate`` (shared via Redis, local-speed checks)
+    or ``strict`` (one atomic Redis call per admission); ``redis_failure_policy`` says what
+    happens when Redis is unreachable. ``adaptive`` lets provider rate-limit headers lower the
+    limits (never above these) and 429s pause the key for at most ``max_pause`` seconds.
+    Shared modes sync every ``sync_interval`` seconds, lease about ``lease_seconds`` of this
+    node's demand at a time (approximate), and forget a node silent for ``node_ttl`` seconds
+    (returning its concurrency permits). See docs/rate-limiting.md.
     """
 
     requests_per_minute: int | None = attrs.field(
@@ -273,6 +278,36 @@ class RateLimits:
     redis_failure_policy: RedisFailurePolicy = attrs.field(
         default="local_fallback", validator=_choice("fail_open", "fail_closed", "local_fallback")
     )
+    requests_burst: int | None = attrs.field(
+        default=None, validator=_number(ge=1, integer=True, optional=True)
+    )
+    tokens_burst: int | None = attrs.field(
+        default=None, validator=_number(ge=1, integer=True, optional=True)
+    )
+    input_tokens_burst: int | None = attrs.field(
+        default=None, validator=_number(ge=1, integer=True, optional=True)
+    )
+    output_tokens_burst: int | None = attrs.field(
+        default=None, validator=_number(ge=1, integer=True, optional=True)
+    )
+    adaptive: bool = attrs.field(default=True, validator=_bool)
+    max_pause: float = attrs.field(default=60.0, validator=_number(gt=0))
+    sync_interval: float = attrs.field(default=1.0, validator=_number(gt=0))
+    lease_seconds: float = attrs.field(default=2.0, validator=_number(gt=0))
+    node_ttl: float = attrs.field(default=10.0, validator=_number(gt=0))
+
+    def __attrs_post_init__(self) -> None:
+        errors = []
+        for kind in ("requests", "tokens", "input_tokens", "output_tokens"):
+            if (
+                getattr(self, f"{kind}_burst") is not None
+                and getattr(self, f"{kind}_per_minute") is None
+            ):
+                errors.append((f"{kind}_burst", f"needs {kind}_per_minute"))
+        if self.node_ttl < 2 * self.sync_interval:
+            errors.append(("node_ttl", "must be at least twice sync_interval"))
+        if errors:
+            raise ConfigError(errors)
 
 
 @attrs.frozen(kw_only=True)
@@ -339,7 +374,8 @@ def _node_id(value: str | None) -> str:
 class SupervisorConfig:
     """Everything a supervisor runs: endpoints, deployments, sharing and supervision rules.
 
-    ``redis_url`` enables shared rate limits; ``node_id`` names this process in a fleet
+    ``redis_url`` enables shared rate limits (``redis_timeout`` bounds each Redis call);
+    ``node_id`` names this process in a fleet
     (default ``host:pid``). ``event_buffer`` bounds each subscriber's queue (a slow subscriber
     loses the oldest events and gets a ``Lagged`` marker). A crashed supervised task restarts
     with backoff (``restart_backoff`` doubling to ``restart_backoff_max``) unless it crashed
@@ -350,6 +386,7 @@ class SupervisorConfig:
     endpoints: list[EndpointConfig] = attrs.field(factory=list, converter=_as_list)
     deployments: list[DeploymentConfig] = attrs.field(factory=list, converter=_as_list)
     redis_url: str | None = attrs.field(default=None, validator=_optional_str)
+    redis_timeout: float = attrs.field(default=0.25, validator=_number(gt=0))
     node_id: str = attrs.field(
         factory=_default_node_id, converter=_node_id, validator=_instance(str, "a string")
     )
@@ -385,6 +422,12 @@ class SupervisorConfig:
                     )
         if self.redis_url is not None and not re.match(r"^rediss?://", self.redis_url):
             errors.append(("redis_url", "must start with redis:// or rediss://"))
+        if self.redis_url is None:
+            for i, ep in enumerate(self.endpoints):
+                if isinstance(ep, EndpointConfig) and ep.limits.mode != "local":
+                    errors.append(
+                        (f"endpoints[{i}].limits.mode", f"{ep.limits.mode!r} needs redis_url")
+                    )
         if self.restart_backoff_max < self.restart_backoff:
             errors.append(("restart_backoff_max", "must be >= restart_backoff"))
         if errors:
