@@ -33,6 +33,8 @@ __all__ = [
     "ProviderError",
     "QuotaExhausted",
     "RakkaError",
+    "LimiterUnavailable",
+    "RateLimitExceeded",
     "RateLimited",
     "ServerError",
     "StreamError",
@@ -112,6 +114,31 @@ class Backpressure(RakkaError):
 
 class BudgetExceeded(RakkaError):
     """A spend budget is exhausted and its policy is ``reject``."""
+
+
+class RateLimitExceeded(RakkaError):
+    """Our own rate limiter refused an admission (no request was sent).
+
+    ``wait`` is the seconds the admission would need: ``math.inf`` when the cost exceeds a
+    burst and can never be admitted, otherwise it was more than the caller's ``max_wait``.
+    ``key`` is the limit key (``provider:fingerprint:family``; never the credential).
+    """
+
+    def __init__(self, message: str, *, key: str, wait: float) -> None:
+        super().__init__(message, retryable=math.isfinite(wait))
+        self.key = key
+        self.wait = wait
+
+
+class LimiterUnavailable(RakkaError):
+    """Shared rate limits cannot be checked (Redis unreachable or too slow) and the key's
+    ``redis_failure_policy`` is ``fail_closed``."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class CircuitOpen(RakkaError):
