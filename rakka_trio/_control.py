@@ -327,13 +327,23 @@ class ControlServer:
             self._connections.add(conn)
             log.info("control: %s connected as %s (connection %d)", conn.actor, role, conn.id)
             replies_send, replies_recv = trio.open_memory_channel[proto.ServerFrame](_REPLY_BUFFER)
+            writer_done = trio.Event()
+            abuse: str | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
-                    self._write_frames, conn, sub, replies_recv, nursery.cancel_scope
+                    self._write_frames, conn, sub, replies_recv, nursery.cancel_scope, writer_done
                 )
                 async with replies_send:
-                    await self._read_frames(conn, replies_send)
+                    abuse = await self._read_frames(conn, replies_send)
+                # The reply queue is closed: let the writer flush what is queued (answers to
+                # a flood included, so the client learns why it is being cut off), briefly.
+                if conn.wake is not None:
+                    conn.wake.cancel()
+                with trio.move_on_after(_CLOSE_TIMEOUT):
+                    await writer_done.wait()
                 nursery.cancel_scope.cancel()
+            if abuse is not None:
+                await self._close(conn.ws, CLOSE_POLICY_VIOLATION, abuse)
             log.info("control: %s disconnected (connection %d)", conn.actor, conn.id)
 
     async def _receive_hello(self, conn: _Connection) -> proto.Hello | None:
@@ -391,21 +401,22 @@ class ControlServer:
 
     async def _read_frames(
         self, conn: _Connection, replies: trio.MemorySendChannel[proto.ServerFrame]
-    ) -> None:
+    ) -> str | None:
+        """Answer frames until the client leaves (``None``) or must be cut off (the close
+        reason)."""
         bucket = _TokenBucket(self._command_rate, self._command_burst)
         while True:
             try:
                 message = await conn.ws.get_message()
             except ConnectionClosed:
-                return
+                return None
             if not bucket.take():
                 conn.strikes += 1
                 if conn.strikes > self._command_burst:
                     # Still flooding after a whole burst's worth of rate_limited errors.
                     self._closed_for_abuse += 1
                     log.warning("control: closing %s: frame flood", conn.actor)
-                    await self._close(conn.ws, CLOSE_POLICY_VIOLATION, "flood: too many frames")
-                    return
+                    return "flood: too many frames"
                 msg_id = proto.peek_id(message) if isinstance(message, str) else None
                 reply: proto.ServerFrame = self._error(
                     msg_id,
@@ -426,8 +437,10 @@ class ControlServer:
         sub: Subscription,
         replies: trio.MemoryReceiveChannel[proto.ServerFrame],
         scope: trio.CancelScope,
+        done: trio.Event,
     ) -> None:
-        """The only task that sends after the welcome: events first, then one answer."""
+        """The only task that sends after the welcome: events first, then one answer.
+        Ending for any reason ends the connection (``scope``)."""
         try:
             async with replies:
                 while True:
@@ -472,6 +485,7 @@ class ControlServer:
         except _SlowClient:
             await self._drop_slow(conn)
         finally:
+            done.set()
             scope.cancel()
 
     async def _wait_for_event(self, conn: _Connection, sub: Subscription) -> Event | None:
@@ -598,7 +612,8 @@ class ControlServer:
             conn.actor,
             self._send_timeout,
         )
-        await self._close(conn.ws, CLOSE_POLICY_VIOLATION, "not reading")
+        # No grace period: a client that is not reading will not read a close frame either.
+        await self._close(conn.ws, CLOSE_POLICY_VIOLATION, "not reading", grace=0.0)
 
     async def _refuse(
         self,
@@ -622,10 +637,13 @@ class ControlServer:
                 return
         await self._close(ws, close_code, code)
 
-    async def _close(self, ws: WebSocketConnection, code: int, reason: str) -> None:
-        """Close the websocket, waiting at most ``_CLOSE_TIMEOUT`` for the peer. Shielded: it
-        also runs while the connection's tasks are being cancelled."""
-        with trio.move_on_after(_CLOSE_TIMEOUT) as scope:
+    async def _close(
+        self, ws: WebSocketConnection, code: int, reason: str, *, grace: float = _CLOSE_TIMEOUT
+    ) -> None:
+        """Close the websocket, waiting at most ``grace`` seconds for the closing handshake
+        (the TCP connection is closed either way). Shielded: it also runs while the
+        connection's tasks are being cancelled."""
+        with trio.move_on_after(grace) as scope:
             scope.shield = True
             await ws.aclose(code, reason)
 

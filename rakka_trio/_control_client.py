@@ -22,6 +22,7 @@ import math
 import socket
 import ssl
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -434,18 +435,10 @@ async def open_control_client(
         raise ValueError("connect_timeout must be a positive number")
     raw_token = token.get_secret_value() if isinstance(token, Secret) else token
     hello = proto.Hello(token=raw_token, client=client_name, protocol=proto.PROTOCOL_VERSION)
-    if not url.startswith(("ws://", "wss://")):
-        raise ControlConnectionError(f"{url!r} is not a ws:// or wss:// URL")
-    connected = False
+    target = _parse_url(url)
     try:
-        async with trio_websocket.open_websocket_url(
-            url,
-            ssl_context=ssl_context,
-            connect_timeout=connect_timeout,
-            disconnect_timeout=_DISCONNECT_TIMEOUT,
-            max_message_size=_MAX_FRAME,
-        ) as ws:
-            connected = True
+        async with trio.open_nursery() as nursery:
+            ws = await _connect(nursery, url, target, ssl_context, connect_timeout)
             try:
                 try:
                     with trio.fail_after(connect_timeout):
@@ -460,45 +453,87 @@ async def open_control_client(
                         code=proto.ErrorCode.FORBIDDEN,
                     )
                 client = ControlClient(ws, welcome, buffer=buffer, command_timeout=command_timeout)
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(client._read_loop)
-                        try:
-                            yield client
-                        finally:
-                            nursery.cancel_scope.cancel()
-                except BaseExceptionGroup as group:
-                    # The reader never raises, so a group holds the application's one error:
-                    # raise it as itself, as open_supervisor does.
-                    leaf = _single_leaf(group)
-                    if leaf is None:
-                        raise
-                    raise leaf from leaf.__cause__
+                nursery.start_soon(client._read_loop)
+                yield client
             finally:
-                # Close here, bounded and shielded, so trio-websocket's own close (on leaving
-                # the context) finds it done and can never time out over the application's
-                # exception.
+                # Bounded and shielded: leaving must not hang on a peer that stopped reading.
                 with trio.move_on_after(_DISCONNECT_TIMEOUT) as scope:
                     scope.shield = True
                     await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Neither trio-websocket's reader nor ours raises, so a group holds one error (the
+        # application's, or a connect failure): raise it as itself, as open_supervisor does.
+        leaf = _single_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from leaf.__cause__
+
+
+class _Target:
+    """Where a control URL points."""
+
+    def __init__(self, host: str, port: int, resource: str, tls: bool) -> None:
+        self.host = host
+        self.port = port
+        self.resource = resource
+        self.tls = tls
+
+
+def _parse_url(url: str) -> _Target:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ControlConnectionError(f"bad control URL {url!r}: {exc}") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ControlConnectionError(f"{url!r} is not a ws://host:port or wss://host:port URL")
+    tls = parts.scheme == "wss"
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Target(parts.hostname, port or (443 if tls else 80), resource, tls)
+
+
+async def _connect(
+    nursery: trio.Nursery,
+    url: str,
+    target: _Target,
+    ssl_context: ssl.SSLContext | None,
+    connect_timeout: float,
+) -> trio_websocket.WebSocketConnection:
+    """TCP, then TLS (handshaken here, so a certificate problem is reported as such rather
+    than as a stalled websocket handshake), then the websocket upgrade; all within
+    ``connect_timeout``. trio-websocket's reader task runs in ``nursery``."""
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(connect_timeout):
+            tcp = await trio.open_tcp_stream(target.host, target.port)
+            stream = tcp
+            if target.tls:
+                context = ssl_context if ssl_context is not None else ssl.create_default_context()
+                tls = trio.SSLStream(
+                    tcp, context, server_hostname=target.host, https_compatible=True
+                )
+                stream = tls
+                await tls.do_handshake()
+            default_port = 443 if target.tls else 80
+            host = f"[{target.host}]" if ":" in target.host else target.host
+            host_header = host if target.port == default_port else f"{host}:{target.port}"
+            return await trio_websocket.wrap_client_stream(
+                nursery, stream, host_header, target.resource, max_message_size=_MAX_FRAME
+            )
     except ConnectionRejected as exc:
-        if connected:
-            raise
-        raise ControlConnectionError(
-            f"{url}: the server rejected the websocket handshake (HTTP {exc.status_code})"
-        ) from None
-    except HandshakeError as exc:
-        if connected:
-            raise
-        raise ControlConnectionError(
-            f"could not connect to {url}: {_connect_failure(exc)}", code="connect_failed"
-        ) from None
-    except OSError as exc:
-        if connected:
-            raise
-        raise ControlConnectionError(
-            f"could not connect to {url}: {_connect_failure(exc)}", code="connect_failed"
-        ) from None
+        failure = f"the server rejected the websocket upgrade (HTTP {exc.status_code})"
+    except trio.TooSlowError:
+        failure = (
+            f"timed out after {connect_timeout:g}s (is it a rakka-trio control server, "
+            "and is ws:// versus wss:// right?)"
+        )
+    except (OSError, trio.BrokenResourceError, HandshakeError, ConnectionClosed) as exc:
+        failure = _connect_failure(exc)
+    if stream is not None:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+    raise ControlConnectionError(f"could not connect to {url}: {failure}", code="connect_failed")
 
 
 def _connect_failure(exc: BaseException) -> str:
