@@ -32,10 +32,11 @@ other piece goes through the general line-by-line interpreter, so the fast path 
 optimisation, never a different grammar.
 
 The unterminated tail of a read is carried to the next one. It is glued in front of the next
-read only while it is no longer than that read (so each byte is re-copied at most a constant
-number of times); a longer tail — a huge event arriving in small reads — is grown in a
-``bytearray`` and only the new read is searched for a line end. Total work is therefore linear
-in the input however it is chunked, and ``max_event_size`` bounds what one event may buffer.
+read only while it is at most four times as long as that read, so a byte is re-copied at most
+a few times; a longer tail (a huge event arriving in small reads) moves into a ``bytearray``
+that grows in place, only the new read is searched for the line end, and a huge ``data`` value
+is decoded straight out of that buffer. Total work is therefore linear in the input however
+it is chunked, and ``max_event_size`` bounds what one event may buffer.
 """
 
 from __future__ import annotations
@@ -128,11 +129,13 @@ class SSEDecoder:
         "_id",
         "_last_id",
         "_lenient",
+        "_long",
         "_max",
-        "_partial",
         "_recopied",
         "_retry",
         "_started",
+        "_steady",
+        "_tail",
         "_type",
     )
 
@@ -144,7 +147,10 @@ class SSEDecoder:
         self._started = False  # whether the leading-BOM question is settled
         self._head = b""  # the first bytes, held back while they could still be a BOM
         self._cr = False  # the last byte fed was CR: a leading LF in the next read belongs to it
-        self._partial = bytearray()  # the unterminated line (LF-normalised, no terminator)
+        self._steady = False  # started, no CR pending, not closed: feed() may skip _settle()
+        # The unterminated last line (LF-normalised, no terminator) is in exactly one of:
+        self._tail = b""  # a short one, glued to the front of the next read
+        self._long = bytearray()  # a long one, grown in place until its line end arrives
         self._data: list[str] = []  # data buffer, one entry per data line
         self._data_size = 0  # bytes in the data buffer, counting one LF per line
         self._type = ""  # event type buffer
@@ -177,55 +183,43 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[SSEEvent]:
         """Decode the next piece of the stream; return the events it completed, in order."""
-        if self._closed:
-            raise RuntimeError("SSEDecoder.feed() called after close()")
         if type(chunk) is not bytes:
             chunk = bytes(chunk)
-        if not self._started:
-            chunk = self._head + chunk
-            if len(chunk) < 3 and _BOM.startswith(chunk):
-                self._head = chunk  # could still become a BOM: decide on the next read
-                return []
-            self._started = True
-            self._head = b""
-            if chunk.startswith(_BOM):
-                chunk = chunk[3:]
+        if not self._steady:  # closed, start of stream, or a CR ended the previous read
+            chunk = self._settle(chunk)
         if not chunk:
             return []
-        if self._cr:
-            self._cr = False
-            if chunk[0] == 10:
-                chunk = chunk[1:]
-                if not chunk:
-                    return []
-        if 13 in chunk:
-            self._cr = chunk[-1] == 13
+        if 13 in chunk:  # CR: normalise CRLF and lone CR to LF once, here
+            if chunk[-1] == 13:  # its LF, if any, comes with the next read
+                self._cr = True
+                self._steady = False
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
         events: list[SSEEvent] = []
-        partial = self._partial
-        if partial:
-            if len(partial) <= len(chunk):
-                # Short carried-over line: one copy of it plus the read is linear in the read.
-                self._recopied += len(partial)
-                chunk = b"".join((partial, chunk))
-                partial.clear()
+        tail = self._tail
+        if tail:
+            self._tail = b""
+            self._recopied += len(tail)
+            if len(tail) <= 4 * len(chunk):
+                # Short carried-over line: copying it with the read costs O(read).
+                chunk = tail + chunk
             else:
-                # Long carried-over line: look for its end in the new bytes only.
-                nl = chunk.find(b"\n")
-                if nl < 0:
-                    partial += chunk
-                    if len(partial) > self._max:
-                        raise self._too_large(len(partial))
-                    return events
-                self._recopied += len(partial)
-                partial += memoryview(chunk)[:nl]
-                line = bytes(partial)
-                partial.clear()
-                self._lines([line], events)
-                chunk = chunk[nl + 1 :]
-                if not chunk:
-                    return events
+                # Long line: collect it in a growable buffer from now on.
+                self._long += tail
+        long = self._long
+        if long:
+            # Only the new bytes are searched for the end of the line.
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                long += chunk
+                if len(long) > self._max:
+                    raise self._too_large(len(long))
+                return events
+            long += memoryview(chunk)[:nl]
+            self._long_line(events)
+            chunk = chunk[nl + 1 :]
+            if not chunk:
+                return events
         self._chunk(chunk, events)
         return events
 
@@ -238,12 +232,13 @@ class SSEDecoder:
         if self._closed:
             return []
         self._closed = True
+        self._steady = False
         events: list[SSEEvent] = []
         if self._lenient:
-            tail = bytes(self._partial) if self._started else self._head
-            lines = [tail, b""] if tail else [b""]
-            self._lines(lines, events)
-        self._partial = bytearray()
+            tail = (bytes(self._long) or self._tail) if self._started else self._head
+            self._lines([tail, b""] if tail else [b""], events)
+        self._tail = b""
+        self._long = bytearray()
         self._data = []
         self._data_size = 0
         self._type = ""
@@ -251,10 +246,56 @@ class SSEDecoder:
 
     # --- internals ---------------------------------------------------------------------------
 
+    def _settle(self, chunk: bytes) -> bytes:
+        """The rare states, kept off the per-read path: closed, BOM pending, CR pending."""
+        if self._closed:
+            raise RuntimeError("SSEDecoder.feed() called after close()")
+        if not self._started:
+            chunk = self._head + chunk
+            if len(chunk) < 3 and _BOM.startswith(chunk):
+                self._head = chunk  # could still become a BOM: decide on the next read
+                return b""
+            self._started = True
+            self._head = b""
+            if chunk.startswith(_BOM):
+                chunk = chunk[3:]
+        if self._cr and chunk:
+            self._cr = False
+            if chunk[0] == 10:  # the LF of a CRLF split across reads
+                chunk = chunk[1:]
+        self._steady = self._started and not self._cr
+        return chunk
+
     def _too_large(self, size: int) -> EventTooLarge:
         return EventTooLarge(
             f"server-sent event of at least {size} bytes exceeds max_event_size={self._max}"
         )
+
+    def _long_line(self, events: list[SSEEvent]) -> None:
+        """Interpret the long line just completed in ``_long``, then empty it.
+
+        The line may be up to ``max_event_size`` bytes, so a ``data`` value is decoded straight
+        out of the buffer instead of being copied to ``bytes`` and sliced first (two copies of
+        a possibly huge value saved; memory traffic dominates at this size).
+        """
+        line = self._long
+        if len(line) > self._max:
+            raise self._too_large(len(line))
+        if not line.startswith(b"data:"):
+            self._recopied += len(line)
+            whole = bytes(line)
+            line.clear()
+            self._lines([whole], events)
+            return
+        start = 6 if line[5:6] == b" " else 5
+        size = self._data_size + len(line) - start + 1
+        if size - 1 > self._max:
+            raise self._too_large(size - 1)
+        # The view must be released before the bytearray may shrink again.
+        with memoryview(line)[start:] as value:
+            self._data.append(str(value, "utf-8", "replace"))
+        self._data_size = size
+        line.clear()
 
     def _chunk(self, chunk: bytes, events: list[SSEEvent]) -> None:
         """Interpret ``chunk`` (LF-only, starting at a line start, nothing carried over)."""
@@ -283,22 +324,22 @@ class SSEDecoder:
                 lines.append(b"")
                 self._lines(lines, events)
             if len(parts) > 1:
+                del parts[0]
                 self._fast(parts, len(chunk) <= limit, events)
             # Every piece ended in a dispatch, and the fast path leaves the ID buffer alone.
             self._last_id = self._id
             if 10 not in last:
-                partial = self._partial
-                partial += b"data: "
-                partial += last
-                if len(partial) > limit:
-                    raise self._too_large(len(partial))
+                tail = b"data: " + last
+                if len(tail) > limit:
+                    raise self._too_large(len(tail))
+                self._tail = tail
                 return
             lines = last.split(b"\n")
             lines[0] = b"data: " + lines[0]
         elif 10 not in last:
-            self._partial += last
             if len(last) > self._max:
                 raise self._too_large(len(last))
+            self._tail = last
             return
         else:
             lines = last.split(b"\n")
@@ -307,10 +348,10 @@ class SSEDecoder:
         if tail:
             if len(tail) > self._max:
                 raise self._too_large(len(tail))
-            self._partial += tail
+            self._tail = tail
 
     def _fast(self, parts: list[bytes], small: bool, events: list[SSEEvent]) -> None:
-        """Interpret ``parts[1:]``: each is "data: " + piece + blank line (see :meth:`_chunk`).
+        """Interpret ``parts``: each is "data: " + piece + blank line (see :meth:`_chunk`).
 
         ``small`` says the read was within ``max_event_size``, so no piece can exceed it.
         """
@@ -323,8 +364,7 @@ class SSEDecoder:
         set_data = _set_data
         set_id = _set_id
         set_retry = _set_retry
-        for i in range(1, len(parts)):
-            p = parts[i]
+        for p in parts:
             if 10 not in p and (small or len(p) + 6 <= limit):
                 # The hot loop: a piece without LF is one event's data (_make_event inlined).
                 ev = new(SSEEvent)
