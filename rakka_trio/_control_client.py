@@ -52,6 +52,7 @@ __all__ = [
 _DEFAULT_BUFFER: Final = 1024
 _MAX_FRAME: Final = 64 * 2**20  # stats of thousands of endpoints fit; a rogue server can't OOM us
 _DISCONNECT_TIMEOUT: Final = 2.0
+_CANCELLED_CLOSE_GRACE: Final = 0.1
 
 
 class ControlError(RakkaError):
@@ -438,7 +439,7 @@ async def open_control_client(
     target = _parse_url(url)
     try:
         async with trio.open_nursery() as nursery:
-            ws = await _connect(nursery, url, target, ssl_context, connect_timeout)
+            ws, stream = await _connect(nursery, url, target, ssl_context, connect_timeout)
             try:
                 try:
                     with trio.fail_after(connect_timeout):
@@ -457,14 +458,30 @@ async def open_control_client(
                 yield client
             finally:
                 # Bounded and shielded: leaving must not hang on a peer that stopped reading.
-                with trio.move_on_after(_DISCONNECT_TIMEOUT) as scope:
+                # When we are being cancelled, trio-websocket's reader (in this nursery) is
+                # cancelled too and can never see the server's half of the closing handshake:
+                # send our close frame and hang up rather than wait for it.
+                cancelled = trio.current_effective_deadline() == -math.inf
+                grace = _CANCELLED_CLOSE_GRACE if cancelled else _DISCONNECT_TIMEOUT
+                with trio.move_on_after(grace) as scope:
                     scope.shield = True
                     await ws.aclose()
+                # When the server closed first, trio-websocket's client side answers the close
+                # but leaves the TCP connection open; hang up so the server is not kept waiting.
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        # Neither trio-websocket's reader nor ours raises, so a group holds one error (the
-        # application's, or a connect failure): raise it as itself, as open_supervisor does.
+        # Our reader never raises and trio-websocket's only for a refused upgrade, so a group
+        # holds one error (the application's, or that refusal): raise it as itself, as
+        # open_supervisor does.
         leaf = _single_leaf(group)
+        if isinstance(leaf, ConnectionRejected):
+            raise ControlConnectionError(
+                f"could not connect to {url}: the server refused the websocket upgrade "
+                f"(HTTP {leaf.status_code}; is it a rakka-trio control server?)",
+                code="connect_failed",
+            ) from None
         if leaf is None:
             raise
         raise leaf from leaf.__cause__
@@ -499,11 +516,13 @@ async def _connect(
     target: _Target,
     ssl_context: ssl.SSLContext | None,
     connect_timeout: float,
-) -> trio_websocket.WebSocketConnection:
+) -> tuple[trio_websocket.WebSocketConnection, trio.abc.Stream]:
     """TCP, then TLS (handshaken here, so a certificate problem is reported as such rather
     than as a stalled websocket handshake), then the websocket upgrade; all within
-    ``connect_timeout``. trio-websocket's reader task runs in ``nursery``."""
+    ``connect_timeout``. trio-websocket's reader task runs in ``nursery``. Returns the
+    websocket and the stream under it (which the caller closes)."""
     stream: trio.abc.Stream | None = None
+    connected = False
     try:
         with trio.fail_after(connect_timeout):
             tcp = await trio.open_tcp_stream(target.host, target.port)
@@ -518,11 +537,13 @@ async def _connect(
             default_port = 443 if target.tls else 80
             host = f"[{target.host}]" if ":" in target.host else target.host
             host_header = host if target.port == default_port else f"{host}:{target.port}"
-            return await trio_websocket.wrap_client_stream(
+            # A refused upgrade (an HTTP error status) is raised by trio-websocket's reader
+            # task into ``nursery``; open_control_client turns it into a connection error.
+            ws = await trio_websocket.wrap_client_stream(
                 nursery, stream, host_header, target.resource, max_message_size=_MAX_FRAME
             )
-    except ConnectionRejected as exc:
-        failure = f"the server rejected the websocket upgrade (HTTP {exc.status_code})"
+            connected = True
+            return ws, stream
     except trio.TooSlowError:
         failure = (
             f"timed out after {connect_timeout:g}s (is it a rakka-trio control server, "
@@ -530,9 +551,10 @@ async def _connect(
         )
     except (OSError, trio.BrokenResourceError, HandshakeError, ConnectionClosed) as exc:
         failure = _connect_failure(exc)
-    if stream is not None:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(stream)
+    finally:
+        if not connected and stream is not None:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
     raise ControlConnectionError(f"could not connect to {url}: {failure}", code="connect_failed")
 
 

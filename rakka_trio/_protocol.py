@@ -669,7 +669,9 @@ def decode_client_message(text: str) -> ClientMessage:
         expected = ", ".join(sorted(CLIENT_TYPES))
         raise ProtocolError(
             ErrorCode.UNKNOWN_TYPE,
-            f"unknown message type {_shorten(kind)!r} (expected one of: {expected})",
+            # The value is not quoted back: like every other value, it might be a secret
+            # sent to the wrong place.
+            f"unknown message type (expected one of: {expected})",
             id=msg_id,
         )
     try:
