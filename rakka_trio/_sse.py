@@ -220,7 +220,59 @@ class SSEDecoder:
             chunk = chunk[nl + 1 :]
             if not chunk:
                 return events
-        self._chunk(chunk, events)
+        # From here ``chunk`` is LF-only, starts at a line start and nothing is carried over.
+        # Each separator below is "<LF ending a line><blank line>data: ", so every piece but the
+        # last is a run of complete lines followed by a dispatch, and every piece after the
+        # first starts with "data: ".
+        parts = chunk.split(b"\n\ndata: ")
+        last = parts.pop()
+        limit = self._max
+        if parts:
+            first = parts[0]
+            if (
+                not self._data
+                and not self._type
+                and first.startswith(b"data: ")
+                and 10 not in first
+                and len(first) <= limit
+            ):
+                # One whole single-line event (typical of small reads): _make_event inlined.
+                ev = _new_object(SSEEvent)
+                _set_event(ev, "message")
+                _set_data(ev, first[6:].decode("utf-8", "replace"))
+                _set_id(ev, self._id)
+                _set_retry(ev, self._retry)
+                events.append(ev)
+            else:
+                lines = first.split(b"\n")
+                lines.append(b"")
+                self._lines(lines, events)
+            if len(parts) > 1:
+                del parts[0]
+                self._fast(parts, len(chunk) <= limit, events)
+            # Every piece ended in a dispatch, and the fast path leaves the ID buffer alone.
+            self._last_id = self._id
+            if 10 not in last:
+                tail = b"data: " + last
+                if len(tail) > limit:
+                    raise self._too_large(len(tail))
+                self._tail = tail
+                return events
+            lines = last.split(b"\n")
+            lines[0] = b"data: " + lines[0]
+        elif 10 not in last:
+            if len(last) > limit:
+                raise self._too_large(len(last))
+            self._tail = last
+            return events
+        else:
+            lines = last.split(b"\n")
+        tail = lines.pop()
+        self._lines(lines, events)
+        if tail:
+            if len(tail) > limit:
+                raise self._too_large(len(tail))
+            self._tail = tail
         return events
 
     def close(self) -> list[SSEEvent]:
@@ -297,61 +349,8 @@ class SSEDecoder:
         self._data_size = size
         line.clear()
 
-    def _chunk(self, chunk: bytes, events: list[SSEEvent]) -> None:
-        """Interpret ``chunk`` (LF-only, starting at a line start, nothing carried over)."""
-        parts = chunk.split(b"\n\ndata: ")
-        last = parts.pop()
-        if parts:
-            limit = self._max
-            # Each separator is "<LF ending a line><blank line>data: ", so every piece but the
-            # last is a run of complete lines followed by a dispatch, and every piece after the
-            # first starts with "data: ".
-            first = parts[0]
-            if (
-                not self._data
-                and not self._type
-                and first.startswith(b"data: ")
-                and 10 not in first
-                and len(first) <= limit
-            ):
-                events.append(
-                    _make_event(
-                        "message", first[6:].decode("utf-8", "replace"), self._id, self._retry
-                    )
-                )
-            else:
-                lines = first.split(b"\n")
-                lines.append(b"")
-                self._lines(lines, events)
-            if len(parts) > 1:
-                del parts[0]
-                self._fast(parts, len(chunk) <= limit, events)
-            # Every piece ended in a dispatch, and the fast path leaves the ID buffer alone.
-            self._last_id = self._id
-            if 10 not in last:
-                tail = b"data: " + last
-                if len(tail) > limit:
-                    raise self._too_large(len(tail))
-                self._tail = tail
-                return
-            lines = last.split(b"\n")
-            lines[0] = b"data: " + lines[0]
-        elif 10 not in last:
-            if len(last) > self._max:
-                raise self._too_large(len(last))
-            self._tail = last
-            return
-        else:
-            lines = last.split(b"\n")
-        tail = lines.pop()
-        self._lines(lines, events)
-        if tail:
-            if len(tail) > self._max:
-                raise self._too_large(len(tail))
-            self._tail = tail
-
     def _fast(self, parts: list[bytes], small: bool, events: list[SSEEvent]) -> None:
-        """Interpret ``parts``: each is "data: " + piece + blank line (see :meth:`_chunk`).
+        """Interpret ``parts``: each is "data: " + piece + blank line (see :meth:`feed`).
 
         ``small`` says the read was within ``max_event_size``, so no piece can exceed it.
         """

@@ -236,6 +236,14 @@ def test_last_event_id_updates_on_blank_line_without_data() -> None:
     assert final_state(b"id: 5\n\n")[0] == "5"
 
 
+def test_last_event_id_set_in_one_read_is_dispatched_in_the_next() -> None:
+    # Cut after "id: 7\n", the second read dispatches "x" and then ends mid-event: the last
+    # event ID must still become "7" at that dispatch.
+    assert decode(b"id: 7\ndata: x\n\ndata: y") == [E(data="x", id="7")]
+    events, last_id, _ = run([b"id: 7\n", b"data: x\n\ndata: y"])
+    assert (events, last_id) == ([E(data="x", id="7")], "7")
+
+
 def test_last_event_id_is_not_updated_by_an_undispatched_tail() -> None:
     # The ID buffer changed, but the stream ended before a blank line made it the last event ID.
     assert final_state(b"id: 1\n\nid: 2\n")[0] == "1"

@@ -135,6 +135,33 @@ def streams(draw: st.DrawFn) -> bytes:
     return prefix + b"".join(body) + tail
 
 
+# Streams made of the lines real servers send, LF-terminated: they exercise the decoder's fast
+# path for "data: ..." events and its hand-over to the general path much more often.
+_typical_line = st.sampled_from(
+    [
+        b'data: {"a": 1}',
+        b"data: x",
+        b"data:",
+        b"",
+        b"",
+        b"id: 7",
+        b"id:",
+        b"event: e",
+        b"retry: 5",
+        b": ping",
+        b"data: \xc3\xa9\xe2\x82",
+        b"data",
+    ]
+)
+
+
+@st.composite
+def typical_streams(draw: st.DrawFn) -> bytes:
+    lines = draw(st.lists(_typical_line, max_size=30))
+    end = draw(st.sampled_from([b"\n", b"\n", b"\r\n"]))
+    return end.join(lines) + draw(st.sampled_from([b"", end, end + end]))
+
+
 _splits = st.lists(st.integers(0, 10_000), max_size=12)
 
 _common = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -149,6 +176,20 @@ def test_any_split_matches_the_specification(stream: bytes, points: list[int]) -
     expected = reference(stream)
     assert decode([stream]) == expected
     assert decode(cut(stream, points)) == expected
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(typical_streams(), _splits)
+@example(b"id: 7\ndata: x\n\ndata: y", [])  # an ID set in one read, dispatched in the next
+def test_typical_streams_any_split_matches_the_specification(
+    stream: bytes, points: list[int]
+) -> None:
+    expected = reference(stream)
+    assert decode([stream]) == expected
+    assert decode(cut(stream, points)) == expected
+    for at in range(1, len(stream)):  # every single cut: reads end at every possible byte
+        assert decode([stream[:at], stream[at:]]) == expected, at
+    assert decode(cut(stream, points), lenient_eof=True) == reference(stream, lenient_eof=True)
 
 
 @_common

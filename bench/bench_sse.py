@@ -1,0 +1,242 @@
+"""P4: SSE decoding throughput (DESIGN.md §5) and linear cost in event size.
+
+A 50 MB OpenAI-style chat-completion stream (``data: {chunk json}\\n\\n`` events, some
+multi-byte text, a usage chunk and ``[DONE]``) is generated in memory and decoded from reads of
+64 KiB and of ~260 bytes (roughly one event per read, as a slow network delivers it) by:
+
+* the floor: ``bytes.split(b"\\n\\n")`` with the unterminated tail carried over (no field
+  parsing, no text decoding: not a decoder, just the cost of finding events);
+* rakka-trio's :class:`~rakka_trio.SSEDecoder`;
+* httpx-sse's decoder as its ``aiter_sse`` drives it: httpx's incremental text decoder,
+  ``SSELineDecoder`` and ``SSEDecoder`` (run synchronously, no I/O);
+* the openai package's ``openai._streaming.SSEDecoder.iter_bytes``.
+
+Every decoder's events are first checked to be identical (a prefix of the stream, untimed), so
+the race is between equivalent results. Each figure is the best of several passes in this run;
+events are dropped as they are produced, as a streaming consumer would. Goal: rakka-trio
+>= 1.5x httpx-sse and >= 2x openai on 64 KiB reads.
+
+Second table: one 4 MiB and one 16 MiB event fed in 1 KiB reads; linear cost means the
+16 MiB event takes about 4x as long, not 16x.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterable
+
+from _harness import Row, print_table
+from httpx._decoders import TextDecoder
+from httpx_sse._decoders import SSEDecoder as HttpxSSEDecoder
+from httpx_sse._decoders import SSELineDecoder as HttpxLineDecoder
+from openai._streaming import SSEDecoder as OpenAISSEDecoder
+
+from rakka_trio import SSEDecoder
+
+STREAM_BYTES = 50_000_000
+READS = {"64 KiB reads": 65536, "260-byte reads": 260}
+REPEATS = 5
+CHECK_BYTES = 2_000_000
+
+# A decoder under test: reads in, number of events out.
+Decoder = Callable[[Iterable[bytes]], int]
+
+
+def make_stream(size: int, seed: int = 4) -> bytes:
+    """An OpenAI chat-completions stream of about ``size`` bytes."""
+    rng = random.Random(seed)
+    words = [
+        " the",
+        " model",
+        " streams",
+        " tokens",
+        " quickly",
+        ",",
+        ".",
+        " é",
+        " 日本",
+        " 🎉",
+        "\n",
+    ]
+    head = {
+        "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+        "object": "chat.completion.chunk",
+        "created": 1741570283,
+        "model": "gpt-4o-mini-2024-07-18",
+        "service_tier": "default",
+        "system_fingerprint": "fp_06737a9306",
+    }
+    parts: list[bytes] = []
+    total = 0
+    while total < size:
+        content = "".join(rng.choice(words) for _ in range(rng.randint(1, 3)))
+        chunk = {
+            **head,
+            "choices": [
+                {"index": 0, "delta": {"content": content}, "logprobs": None, "finish_reason": None}
+            ],
+            "usage": None,
+        }
+        # The API sends non-ASCII text as raw UTF-8, not \\u escapes.
+        body = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
+        event = b"data: " + body.encode() + b"\n\n"
+        parts.append(event)
+        total += len(event)
+    usage = {"prompt_tokens": 19, "completion_tokens": len(parts), "total_tokens": len(parts) + 19}
+    parts.append(b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode() + b"\n\n")
+    parts.append(b"data: [DONE]\n\n")
+    return b"".join(parts)
+
+
+def cut(stream: bytes, size: int) -> list[bytes]:
+    return [stream[i : i + size] for i in range(0, len(stream), size)]
+
+
+# --- the contenders: each returns the number of events ---------------------------------------
+
+
+def floor_split(reads: Iterable[bytes]) -> int:
+    n = 0
+    tail = b""
+    for read in reads:
+        blocks = (tail + read).split(b"\n\n")
+        tail = blocks.pop()
+        n += len(blocks)
+    return n
+
+
+def rakka(reads: Iterable[bytes]) -> int:
+    decoder = SSEDecoder()
+    n = 0
+    for read in reads:
+        n += len(decoder.feed(read))
+    return n + len(decoder.close())
+
+
+def httpx_sse(reads: Iterable[bytes]) -> int:
+    # The pipeline of httpx_sse.EventSource.aiter_sse: Response.aiter_text() (httpx's
+    # incremental TextDecoder), SSELineDecoder, then SSEDecoder line by line.
+    text = TextDecoder("utf-8")
+    lines = HttpxLineDecoder()
+    decoder = HttpxSSEDecoder()
+    n = 0
+    for read in reads:
+        for line in lines.decode(text.decode(read)):
+            if decoder.decode(line.rstrip("\n")) is not None:
+                n += 1
+    for line in lines.flush():
+        if decoder.decode(line.rstrip("\n")) is not None:
+            n += 1
+    return n
+
+
+def openai_sse(reads: Iterable[bytes]) -> int:
+    return sum(1 for _ in OpenAISSEDecoder().iter_bytes(iter(reads)))
+
+
+def check_equivalent(stream: bytes) -> None:
+    """All three decoders must produce the same events before their speed means anything."""
+    prefix = stream[:CHECK_BYTES]
+    prefix = prefix[: prefix.rfind(b"\n\n") + 2]
+    reads = cut(prefix, 1000)
+    decoder = SSEDecoder()
+    ours = [(e.event, e.data) for r in reads for e in decoder.feed(r)]
+    text, lines, hd = TextDecoder("utf-8"), HttpxLineDecoder(), HttpxSSEDecoder()
+    theirs = []
+    for r in reads:
+        for line in lines.decode(text.decode(r)):
+            ev = hd.decode(line.rstrip("\n"))
+            if ev is not None:
+                theirs.append((ev.event or "message", ev.data))
+    oai = [(e.event or "message", e.data) for e in OpenAISSEDecoder().iter_bytes(iter(reads))]
+    assert ours == theirs == oai, "decoders disagree; the benchmark would be meaningless"
+
+
+def best_seconds(fn: Decoder, reads: list[bytes], expect: int) -> float:
+    best = float("inf")
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        n = fn(reads)
+        best = min(best, time.perf_counter() - t0)
+        assert n == expect, f"{fn.__name__} produced {n} events, expected {expect}"
+    return best
+
+
+def throughput_tables(stream: bytes) -> None:
+    expect = stream.count(b"\n\n")
+    contenders: list[tuple[str, Decoder, str]] = [
+        ("bytes.split floor", floor_split, "floor"),
+        ("rakka-trio SSEDecoder", rakka, ""),
+        ("httpx-sse", httpx_sse, "peer"),
+        ("openai SSEDecoder", openai_sse, "peer"),
+    ]
+    mb = len(stream) / 1e6
+    for label, size in READS.items():
+        reads = cut(stream, size)
+        seconds = {name: best_seconds(fn, reads, expect) for name, fn, _ in contenders}
+        rows = [
+            Row(
+                name,
+                mb / seconds[name],
+                "MB/s",
+                f"{expect / seconds[name] / 1e6:5.2f} M events/s  {role}",
+            )
+            for name, _, role in contenders
+        ]
+        print_table(
+            f"P4 SSE decode, {mb:.0f} MB OpenAI-style stream ({expect:,} events), {label} "
+            f"(best of {REPEATS})",
+            rows,
+            baseline="httpx-sse",
+            goal=">= 1.5x httpx-sse and >= 2x openai (64 KiB reads), exact to the spec",
+            higher_is_better=True,
+        )
+        ours = seconds["rakka-trio SSEDecoder"]
+        print(
+            f"rakka-trio vs httpx-sse: {seconds['httpx-sse'] / ours:.2f}x   "
+            f"vs openai: {seconds['openai SSEDecoder'] / ours:.2f}x   "
+            f"vs floor: {seconds['bytes.split floor'] / ours:.2f}x"
+        )
+
+
+def big_event_seconds(size: int, read: int = 1024) -> float:
+    body = b"data: " + b"x" * size + b"\n\n"
+    reads = cut(body, read)
+    best = float("inf")
+    for _ in range(REPEATS):
+        decoder = SSEDecoder()
+        t0 = time.perf_counter()
+        events = []
+        for r in reads:
+            events += decoder.feed(r)
+        best = min(best, time.perf_counter() - t0)
+        assert len(events) == 1 and len(events[0].data) == size
+    return best
+
+
+def linear_table() -> None:
+    small = big_event_seconds(4 * 2**20)
+    large = big_event_seconds(16 * 2**20)
+    print_table(
+        "P4b one huge event fed in 1 KiB reads (linear cost: 4x the size should take ~4x)",
+        [
+            Row("4 MiB event", small * 1e3, "ms", "4,096 reads"),
+            Row("16 MiB event", large * 1e3, "ms", "16,384 reads; quadratic would be ~16x"),
+        ],
+        baseline="4 MiB event",
+        goal="16 MiB / 4 MiB time ratio ~4x",
+    )
+
+
+def run() -> None:
+    """Print the P4 tables."""
+    stream = make_stream(STREAM_BYTES)
+    check_equivalent(stream)
+    throughput_tables(stream)
+    linear_table()
+
+
+if __name__ == "__main__":
+    run()
