@@ -8,9 +8,12 @@ single split point (for short streams) and at random split points, and all of th
 
 from __future__ import annotations
 
+import copy
+import pickle
 import random
 from collections.abc import Iterator
 
+import attrs
 import pytest
 
 import rakka_trio as rk
@@ -276,7 +279,7 @@ def test_retry_is_in_effect_immediately_and_persists() -> None:
 
 def test_huge_retry_does_not_hang_or_crash() -> None:
     assert decode(b"retry: " + b"0" * 10_000 + b"42\ndata: a\n\n") == [E(data="a", retry=42)]
-    assert final_state(b"retry: 9" * 1 + b"9" * 20_000 + b"\n")[1] is None
+    assert final_state(b"retry: " + b"9" * 20_000 + b"\n")[1] is None
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -429,6 +432,18 @@ def test_events_are_frozen_values() -> None:
     assert hash(ev) == hash(SSEEvent(data="a"))
     with pytest.raises(AttributeError):
         ev.data = "b"  # type: ignore[misc]
+
+
+def test_decoded_events_behave_like_constructed_ones() -> None:
+    # The decoder builds events without going through __init__; nothing may tell them apart.
+    ev = decode(b"event: e\nid: 1\nretry: 5\ndata: a\n\n")[0]
+    fast = decode(b"data: a\n\n")[0]
+    assert ev == SSEEvent("e", "a", "1", 5)
+    assert repr(fast) == repr(SSEEvent(data="a"))
+    assert pickle.loads(pickle.dumps(fast)) == fast
+    assert copy.deepcopy(ev) == ev
+    assert attrs.evolve(fast, data="b") == SSEEvent(data="b")
+    assert attrs.asdict(ev) == {"event": "e", "data": "a", "id": "1", "retry": 5}
 
 
 def test_accepts_bytearray_and_memoryview() -> None:
