@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -43,7 +44,7 @@ def opt_int(value: Any) -> int | None:
     return None
 
 
-class StreamAdapter:
+class StreamAdapter(abc.ABC):
     """Turns one provider's server-sent events into :class:`StreamChunk` objects.
 
     Pure and I/O-free: call :meth:`feed` with each event in order, then :meth:`finish` once at
@@ -72,9 +73,9 @@ class StreamAdapter:
         self.model: str | None = None
         self._filtered: ContentFiltered | None = None
 
+    @abc.abstractmethod
     def feed(self, event: SSEEvent) -> list[StreamChunk]:
         """Interpret one event; return the chunks it carries (often none)."""
-        raise NotImplementedError
 
     def finish(self) -> list[StreamChunk]:
         """The byte stream ended: check that the response really did."""
