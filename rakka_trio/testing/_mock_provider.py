@@ -21,7 +21,7 @@ import random
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, unquote
 
@@ -77,6 +77,16 @@ _STATIC_ROUTES: Final[dict[str, Route]] = {
 _WORD_RE: Final = re.compile(r"\s*\S+")
 # Keys under which request JSON holds prompt text, for every provider's request shape.
 _TEXT_KEYS: Final = frozenset({"content", "text", "parts", "input", "output", "system"})
+
+
+_PARSE_ERRORS: Final[dict[Route, str]] = {
+    "openai": "We could not parse the JSON body of your request. (HINT: This likely means "
+    "you aren't using your HTTP library correctly.)",
+    "openai-responses": "We could not parse the JSON body of your request. (HINT: This likely "
+    "means you aren't using your HTTP library correctly.)",
+    "anthropic": "There was an issue with your request body: it is not valid JSON.",
+    "gemini": "Invalid JSON payload received.",
+}
 
 
 @attrs.frozen(kw_only=True)
@@ -469,6 +479,7 @@ class MockProvider:
         self._by_fault: Counter[str] = Counter()
         self._by_route_outcome: dict[str, Counter[str]] = {}
         self._pending = 0
+        self._changed = trio.Event()
 
     def __repr__(self) -> str:
         auth = "key set" if self._key_digest is not None else "no auth"
@@ -499,6 +510,7 @@ class MockProvider:
                 port,
                 limits=self.server_limits,
                 on_started=register,
+                on_change=self._notify,
                 task_status=task_status,
             )
         finally:
@@ -587,6 +599,20 @@ class MockProvider:
 
     # --- observation --------------------------------------------------------------------------
 
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` is true.
+
+        It is re-checked whenever a request arrives or finishes and whenever a connection opens
+        or closes, so ``await mock.wait_for(lambda: mock.statistics().pending == 0)`` returns as
+        soon as the server has caught up. Bound it with :func:`trio.fail_after`.
+        """
+        while not predicate():
+            await self._changed.wait()
+
     @property
     def requests(self) -> list[RecordedRequest]:
         """Recorded requests, oldest first (the most recent ``max_recorded``)."""
@@ -620,17 +646,18 @@ class MockProvider:
         return window
 
     def _key_matches(self, route: Route, request: HttpRequest, query: Mapping[str, str]) -> bool:
+        """Whether the request carries the current key where ``route``'s provider reads it."""
         assert self._key_digest is not None
-        candidates: list[str] = []
         auth = request.header("authorization")
         bearer = auth[7:].strip() if auth and auth[:7].lower() == "bearer " else None
-        if route == "anthropic":
-            candidates = [request.header("x-api-key") or bearer or ""]
-        elif route == "gemini":
-            candidates = [request.header("x-goog-api-key") or query.get("key") or bearer or ""]
+        if route == "anthropic":  # x-api-key, or an OAuth bearer token
+            candidate = request.header("x-api-key") or bearer
+        elif route == "gemini":  # x-goog-api-key, ?key=, or an OAuth bearer token
+            candidate = request.header("x-goog-api-key") or query.get("key") or bearer
         else:
-            candidates = [bearer or ""]
-        return any(hmac.compare_digest(_digest(c), self._key_digest) for c in candidates if c)
+            candidate = bearer
+        # Compare digests in constant time: the mock never holds the key itself.
+        return bool(candidate) and hmac.compare_digest(_digest(candidate or ""), self._key_digest)
 
     def _headers(self, route: Route | None) -> list[tuple[str, str]]:
         if route == "anthropic":
@@ -668,6 +695,7 @@ class MockProvider:
         route_key = route or "unknown"
         self._by_route[route_key] += 1
         self._pending += 1
+        self._notify()
         try:
             await self._respond(request, writer, rec, route, path_model, gemini_method, now)
         except ConnectionAborted as exc:
@@ -684,6 +712,7 @@ class MockProvider:
             self._pending -= 1
             self._by_outcome[rec.outcome] += 1
             self._by_route_outcome.setdefault(route_key, Counter())[rec.outcome] += 1
+            self._notify()
 
     async def _send_error(
         self,
@@ -722,10 +751,7 @@ class MockProvider:
             parsed = json.loads(request.body)
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             parsed = None
-            message = (
-                "We could not parse the JSON body of your request. (HINT: This likely means "
-                "you aren't using your HTTP library correctly.)"
-            )
+            message = _PARSE_ERRORS[route]
         else:
             message = "The request body must be a JSON object."
         if not isinstance(parsed, dict):
@@ -1016,6 +1042,13 @@ class MockProvider:
             200,
             [*headers, ("content-type", renderer.content_type), ("cache-control", "no-cache")],
         )
+        if not armed and not self.chunk_delay:
+            # Nothing paces or interrupts this stream: write it in one piece (the same bytes,
+            # one chunk on the wire), so the mock is not what limits a throughput benchmark.
+            await writer.write(b"".join(frame.data for frame in renderer.frames()))
+            await writer.end()
+            rec.outcome = "content_filter" if renderer.plan.finish == "filter" else "ok"
+            return
         sent = 0
         for frame in renderer.frames():
             if frame.kind == "chunk" and sent and self.chunk_delay:

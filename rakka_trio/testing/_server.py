@@ -38,6 +38,8 @@ __all__ = [
 log = logging.getLogger("rakka_trio.testing")
 
 _RECV_SIZE: Final = 65536
+_LINGER_SECONDS: Final = 1.0
+_LINGER_BYTES: Final = 4 * 2**20
 _SERVER_HEADER: Final = "rakka-trio-mock"
 
 
@@ -222,6 +224,7 @@ class _Connection:
         self.limits = limits
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self.peer_gone = False
+        self.linger = False  # close with _linger_close: the client may still be sending
 
     async def send_raw(self, data: bytes) -> None:
         # A client that stops reading must not pin this task (and its buffers) forever.
@@ -261,7 +264,8 @@ class _Connection:
                 return None
 
     async def _simple_error(self, status: int, message: str) -> None:
-        """Answer a request the handler never saw, then let the connection close."""
+        """Answer a request the handler never saw; the connection is then closed."""
+        self.linger = True
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         body = json.dumps(
@@ -300,7 +304,26 @@ class _Connection:
             await self._simple_error(413, "Request body too large.")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        if self.linger:
+            await self._linger_close()
         await trio.aclose_forcefully(self.stream)
+
+    async def _linger_close(self) -> None:
+        """Half-close, then read and discard what the client is still sending, briefly.
+
+        Closing a socket with unread input makes the kernel send RST, which can destroy the
+        error response before the client reads it; draining first lets the client see why it
+        was cut off. Bounded in time and bytes, so a client cannot keep it going.
+        """
+        with trio.move_on_after(_LINGER_SECONDS):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.stream.send_eof()
+                drained = 0
+                while drained < _LINGER_BYTES:
+                    data = await self.stream.receive_some(_RECV_SIZE)
+                    if not data:
+                        break
+                    drained += len(data)
 
     async def _serve(self) -> None:
         while True:
@@ -311,6 +334,12 @@ class _Connection:
             if not isinstance(event, h11.Request):
                 return  # ConnectionClosed (or PAUSED after an error): nothing more to serve
             request = event
+            # h11 bounds a head that is still arriving; one that arrived whole in a single read
+            # is measured here, so the limit holds however the bytes were split.
+            head_size = len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers)
+            if head_size > self.limits.max_header_bytes:
+                await self._simple_error(431, "Request header fields too large.")
+                return
             length = _content_length(request)
             if length is not None and length > self.limits.max_body_bytes:
                 raise _TooLarge
@@ -429,10 +458,12 @@ async def serve_http(
     *,
     limits: MockServerLimits,
     on_started: Callable[[MockServer], None] | None = None,
+    on_change: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[MockServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (0: any free port) and serve ``handler`` until cancelled or
-    :meth:`MockServer.stop` is called. Reports the bound :class:`MockServer` via ``task_status``.
+    :meth:`MockServer.stop` is called. Reports the bound :class:`MockServer` via ``task_status``
+    (and to ``on_started``); ``on_change`` is called whenever a connection opens or closes.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     stats = _ServerStats()
@@ -443,6 +474,8 @@ async def serve_http(
             await _refuse(stream)
             return
         stats.open += 1
+        if on_change is not None:
+            on_change()
         try:
             await _Connection(stream, handler, limits).run()
         except Exception:
@@ -451,6 +484,8 @@ async def serve_http(
             await trio.aclose_forcefully(stream)
         finally:
             stats.open -= 1
+            if on_change is not None:
+                on_change()
 
     try:
         sockname = listeners[0].socket.getsockname()
