@@ -25,6 +25,7 @@ import trio
 
 from ._breaker import BreakerHandle, BreakerStatistics
 from ._config import EndpointConfig, SupervisorConfig
+from ._endpoint import Endpoint
 from ._errors import ConfigError, SupervisorError, UnknownEndpoint
 from ._events import (
     BreakerState,
@@ -74,35 +75,6 @@ class SupervisorStatistics:
     subscribers: int
     events_published: int
     task_restarts: int
-
-
-class Endpoint:
-    """One provider endpoint under the supervisor: its config and its breaker.
-
-    (The request API — ``stream``/``complete``/``submit`` — builds on this object.)
-    """
-
-    def __init__(self, config: EndpointConfig, breaker: BreakerHandle) -> None:
-        self._config = config
-        self._breaker = breaker
-
-    @property
-    def name(self) -> str:
-        """The endpoint's name."""
-        return self._config.name
-
-    @property
-    def config(self) -> EndpointConfig:
-        """The endpoint's configuration."""
-        return self._config
-
-    @property
-    def breaker(self) -> BreakerHandle:
-        """The endpoint's circuit breaker handle."""
-        return self._breaker
-
-    def __repr__(self) -> str:
-        return f"<Endpoint {self.name!r} {self._config.provider} {self._breaker.state.value}>"
 
 
 class _EndpointRuntime:
@@ -185,6 +157,8 @@ class Supervisor:
         runtime.endpoint.breaker._wake = None
         runtime.scope.cancel()
         runtime.wake_send.close()
+        # Closing the HTTP client awaits; do it beside the caller instead of blocking it.
+        self._nursery.start_soon(runtime.endpoint.session.aclose, name=f"close:{name}")
         self._bus.publish(EndpointRemoved(at=trio.current_time(), endpoint=name))
 
     # --- operator commands ----------------------------------------------------------------
@@ -406,6 +380,9 @@ async def open_supervisor(config: SupervisorConfig) -> AsyncIterator[Supervisor]
             finally:
                 sup._shutdown()
                 nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    for runtime in list(sup._runtimes.values()):
+                        await runtime.endpoint.session.aclose()
     except BaseExceptionGroup as group:
         leaf = _single_leaf(group)
         if leaf is None:
