@@ -15,7 +15,7 @@ import trio
 
 import rakka_trio as rk
 from rakka_trio._request import ChatRequest
-from rakka_trio.testing import Fault, MockProvider, ProviderName, serve_mock_provider
+from rakka_trio.testing import Fault, MockProvider, RouteSelector, serve_mock_provider
 
 pytestmark = pytest.mark.trio
 
@@ -208,7 +208,7 @@ async def test_truncated_stream(mock: MockProvider) -> None:
 )
 async def test_mid_stream_error_events_are_typed(
     mock: MockProvider,
-    provider: ProviderName,
+    provider: RouteSelector,
     error_type: str,
     expected: type[rk.RakkaError],
 ) -> None:
