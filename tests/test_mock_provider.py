@@ -8,6 +8,7 @@ shapes are checked against what the rest of the library understands.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import random
@@ -1204,6 +1205,43 @@ async def test_hostile_clients_leave_the_server_serving() -> None:
     assert trickle == b"" and waited >= 0.3
     assert parse_responses(slow_body)[0][0] == 408
     assert ok.status_code == 200
+
+
+async def test_client_that_never_reads_is_cut_off() -> None:
+    limits = MockServerLimits(send_timeout=0.3)
+    mock = MockProvider(reply="word " * 400_000, chunks=4, server_limits=limits)
+    with trio.fail_after(10):
+        async with serving(mock) as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                await stream.send_all(raw_post("/v1/chat/completions", CHAT | {"stream": True}))
+                # Read nothing: the server's writes fill the socket buffers and then block.
+                await mock.wait_for(lambda: mock.statistics().pending == 0)
+            await mock.wait_for(lambda: server.open_connections == 0)
+    assert mock.requests[0].outcome == "disconnected"
+
+
+async def test_stopping_the_server_ends_stalled_streams() -> None:
+    mock = MockProvider()
+    mock.add_fault("openai", Fault.stall(after_chunks=0, duration=float("inf")))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_mock_provider, mock)
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with stream:
+                await stream.send_all(raw_post("/v1/chat/completions", CHAT | {"stream": True}))
+                head = await stream.receive_some(65536)
+                assert head.startswith(b"HTTP/1.1 200 ")
+                await mock.wait_for(lambda: mock.statistics().pending == 1)
+                server.stop()
+                rest = bytearray()
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while chunk := await stream.receive_some(65536):
+                        rest += chunk
+    # The stalled response never finished: no terminating chunk reached the client.
+    assert not bytes(head + rest).endswith(b"0\r\n\r\n")
+    assert mock.requests[0].outcome == "disconnected"
+    assert mock.statistics().pending == 0
 
 
 async def test_connection_limit_answers_503() -> None:

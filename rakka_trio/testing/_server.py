@@ -293,20 +293,25 @@ class _Connection:
             pass  # the client is gone; closing is all that is left to do
 
     async def run(self) -> None:
+        # The socket is closed in `finally`, so even a cancelled connection (server stopping
+        # mid-linger, say) never leaks its file descriptor.
         try:
-            await self._serve()
-        except ConnectionAborted as exc:
-            await self._abort(reset=exc.reset)
-            return
-        except h11.RemoteProtocolError as exc:
-            await self._simple_error(exc.error_status_hint, f"Bad request: {exc}")
-        except _TooLarge:
-            await self._simple_error(413, "Request body too large.")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        if self.linger:
-            await self._linger_close()
-        await trio.aclose_forcefully(self.stream)
+            try:
+                await self._serve()
+            except ConnectionAborted as exc:
+                if exc.reset:
+                    self._arm_reset()
+                return
+            except h11.RemoteProtocolError as exc:
+                await self._simple_error(exc.error_status_hint, f"Bad request: {exc}")
+            except _TooLarge:
+                await self._simple_error(413, "Request body too large.")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            if self.linger:
+                await self._linger_close()
+        finally:
+            await trio.aclose_forcefully(self.stream)
 
     async def _linger_close(self) -> None:
         """Half-close, then read and discard what the client is still sending, briefly.
@@ -401,14 +406,13 @@ class _Connection:
             received += len(data)
             self.h11.receive_data(data)
 
-    async def _abort(self, *, reset: bool) -> None:
-        if reset:
-            # l_onoff=1, l_linger=0: close() discards the send queue and sends RST. If the
-            # socket is already dead, closing it is all there is left to do.
-            with contextlib.suppress(OSError):
-                linger = struct.pack("ii", 1, 0)
-                self.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-        await trio.aclose_forcefully(self.stream)
+    def _arm_reset(self) -> None:
+        """Make the coming close() abort the connection with RST instead of FIN."""
+        # l_onoff=1, l_linger=0: close() discards the send queue and sends RST. If the socket
+        # is already dead, closing it is all there is left to do.
+        with contextlib.suppress(OSError):
+            linger = struct.pack("ii", 1, 0)
+            self.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
 
 
 class _TooLarge(Exception):
@@ -445,10 +449,12 @@ async def _refuse(stream: trio.SocketStream) -> None:
         b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
         b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n"
     )
-    with trio.move_on_after(1.0):
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(head + body)
-    await trio.aclose_forcefully(stream)
+    try:
+        with trio.move_on_after(1.0):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(head + body)
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 async def serve_http(
@@ -466,6 +472,11 @@ async def serve_http(
     (and to ``on_started``); ``on_change`` is called whenever a connection opens or closes.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
+    # A name like "localhost" can resolve to several addresses, each listener on its own free
+    # port; serve the first only, so the server has one address to report.
+    for extra in listeners[1:]:
+        await trio.aclose_forcefully(extra)
+    listeners = listeners[:1]
     stats = _ServerStats()
 
     async def on_connection(stream: trio.SocketStream) -> None:
