@@ -176,3 +176,33 @@ __all__ += [
     "open_control_client",
     "serve_control",
 ]
+
+# --- rate limiting: local GCRA, approximate (Redis escrow) and strict modes (issue 9) ---------
+from ._errors import LimiterUnavailable, RateLimitExceeded  # noqa: E402
+from ._limiter import (  # noqa: E402
+    Cost,
+    KeyStatistics,
+    LimiterFallback,
+    LimiterHandle,
+    LimiterPaused,
+    LimiterStateLost,
+    LimiterStatistics,
+    LimitStatistics,
+    Reservation,
+    model_family,
+)
+
+__all__ += [
+    "Cost",
+    "KeyStatistics",
+    "LimitStatistics",
+    "LimiterFallback",
+    "LimiterHandle",
+    "LimiterPaused",
+    "LimiterStateLost",
+    "LimiterStatistics",
+    "LimiterUnavailable",
+    "RateLimitExceeded",
+    "Reservation",
+    "model_family",
+]

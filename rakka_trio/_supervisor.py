@@ -39,6 +39,7 @@ from ._events import (
     TaskRestarted,
     Transition,
 )
+from ._limiter import LimiterHandle, LimiterRegistry, LimiterStatistics
 from ._redact import redact
 
 __all__ = [
@@ -57,12 +58,13 @@ _WAKE_BUFFER = 1  # one pending wake-up is enough: the task re-reads the deadlin
 
 @attrs.frozen(kw_only=True)
 class EndpointStatistics:
-    """Snapshot of one endpoint: its config identity and breaker."""
+    """Snapshot of one endpoint: its config identity, breaker and rate limiter."""
 
     name: str
     provider: str
     base_url: str
     breaker: BreakerStatistics
+    limiter: LimiterStatistics | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -107,6 +109,13 @@ class Supervisor:
         self._runtimes: dict[str, _EndpointRuntime] = {}
         self._restarts = 0
         self._closed = False
+        self._limiters = LimiterRegistry(
+            node_id=config.node_id,
+            redis_url=config.redis_url,
+            redis_timeout=config.redis_timeout,
+            publish=self._bus.publish,
+            start_task=self.start_task,
+        )
 
     # --- endpoints ------------------------------------------------------------------------
 
@@ -133,6 +142,11 @@ class Supervisor:
         """The breaker handle of endpoint ``name`` (synchronous; share it freely)."""
         return self._runtime(name).endpoint.breaker
 
+    def limiter(self, name: str) -> LimiterHandle:
+        """The rate limiter of endpoint ``name`` (synchronous checks; share it freely)."""
+        self._runtime(name)
+        return self._limiters.handle(name)
+
     def add_endpoint(self, config: EndpointConfig) -> Endpoint:
         """Register an endpoint at runtime and start its breaker task."""
         if self._closed:
@@ -141,6 +155,7 @@ class Supervisor:
             raise TypeError("add_endpoint expects an EndpointConfig")
         if config.name in self._runtimes:
             raise ConfigError([("name", f"endpoint {config.name!r} already exists")])
+        self._limiters.add(config)
         handle = BreakerHandle(config.name, config.breaker, on_event=self._on_breaker_event)
         runtime = _EndpointRuntime(Endpoint(config, handle))
         handle._wake = runtime.wake
@@ -157,6 +172,7 @@ class Supervisor:
         runtime.endpoint.breaker._wake = None
         runtime.scope.cancel()
         runtime.wake_send.close()
+        self._limiters.remove(name)
         # Closing the HTTP client awaits; do it beside the caller instead of blocking it.
         self._nursery.start_soon(runtime.endpoint.session.aclose, name=f"close:{name}")
         self._bus.publish(EndpointRemoved(at=trio.current_time(), endpoint=name))
@@ -223,6 +239,7 @@ class Supervisor:
                 provider=rt.endpoint.config.provider,
                 base_url=rt.endpoint.config.base_url,
                 breaker=rt.endpoint.breaker.statistics(),
+                limiter=self._limiters.statistics(name),
             )
             for name, rt in self._runtimes.items()
         }

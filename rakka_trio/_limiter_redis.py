@@ -1,0 +1,964 @@
+"""Shared rate limits through Redis (``coredis`` on Trio): approximate and strict modes.
+
+Redis holds, per key, one token bucket per limit refilled by Redis's own clock (``TIME``), so
+every node sees the same budget. Three Redis keys share one hash tag (cluster-safe):
+``<prefix>{<label>}:s`` (levels, refill time, pause, epoch, permits in use), ``:n`` (live nodes,
+scored by heartbeat expiry) and ``:c`` (concurrency permits held per node).
+
+``approximate`` — escrow leases (bounded counter). A node *leases* tokens out of the shared
+bucket and spends them locally at memory speed; a background task tops the escrow up before it
+runs dry, sized to about ``lease_seconds`` of the node's measured demand (at least 20
+admissions' worth, at most the node's ``1/N`` share of the burst). Every token spent was first
+taken from the shared bucket, so counted usage is never over-spent: the admitted total over any
+window ``T`` is at most ``burst + rate·T`` whatever the number of nodes. Tokens leased but not
+spent are returned when demand drops or the node leaves, and lost (under-spent, never
+over-spent) if it crashes. The hot path never awaits Redis.
+
+``strict`` — one atomic Lua call per admission checks and takes every limit of the key (and a
+concurrency permit) at once. Settlements, refunds and permit releases are batched into the
+background sync, which also heartbeats the node's membership.
+
+Failure handling: every call has ``redis_timeout``; a failure marks Redis unavailable (a
+:class:`LimiterFallback` event) and each key follows ``redis_failure_policy`` — ``fail_closed``
+refuses with :class:`LimiterUnavailable` (approximate keys still spend what they had leased),
+``fail_open`` admits without limits, ``local_fallback`` admits within this node's share
+(``1/N`` of each limit, ``N`` the last known number of live nodes). Spending done without Redis
+is charged to the shared bucket once it is back (at most one burst), so the fleet re-converges.
+A restart that lost the keys is detected (a new epoch: :class:`LimiterStateLost`); the state is
+re-created empty — refilling from that moment — because the nodes may still hold leases of the
+old state. Nodes that stop heartbeating for ``node_ttl`` seconds are dropped with their permits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import anyio
+import coredis
+import coredis.exceptions
+import trio
+from coredis.retry import NoRetryPolicy
+
+from ._errors import LimiterUnavailable, RateLimitExceeded
+from ._events import Event
+from ._limiter import (
+    Gcra,
+    Key,
+    KeySpec,
+    LimiterFallback,
+    LimiterRegistry,
+    LimiterStateLost,
+    Vector,
+)
+from ._redact import redact
+
+__all__ = ["ApproximateKey", "RedisBackend", "StrictKey"]
+
+log = logging.getLogger("rakka_trio.limiter")
+
+KEY_PREFIX = "rakka:rl:"
+
+# --- Lua ------------------------------------------------------------------------------------------
+# Times are Redis TIME in milliseconds (floats). Limits arrive per call (L per minute, burst B)
+# so the script holds no configuration; every node of a key must configure the same limits.
+
+_COMMON = """
+local S, N, C = KEYS[1], KEYS[2], KEYS[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local st = redis.call('HMGET', S, 'e', 'ts', 'l1', 'l2', 'l3', 'l4', 'p', 'cu')
+local epoch = st[1]
+local created = 0
+local ts = tonumber(st[2]) or now
+local p = tonumber(st[7]) or 0
+local cu = tonumber(st[8]) or 0
+if not epoch then
+  epoch = redis.sha1hex(ARGV[1] .. ':' .. t[1] .. ':' .. t[2])
+  created = 1
+  ts = now
+  p = 0
+  cu = 0
+  redis.call('DEL', C)
+end
+local dt = now - ts
+local function purge()
+  local dead = redis.call('ZRANGEBYSCORE', N, '-inf', now)
+  for _, d in ipairs(dead) do
+    cu = cu - (tonumber(redis.call('HGET', C, d)) or 0)
+    redis.call('HDEL', C, d)
+  end
+  if #dead > 0 then
+    redis.call('ZREMRANGEBYSCORE', N, '-inf', now)
+    if cu < 0 then cu = 0 end
+  end
+end
+local function level(i, L, B, init_full)
+  if created == 1 or not st[2 + i] then
+    if init_full then return B end
+    return 0
+  end
+  local l = tonumber(st[2 + i]) + L * dt / 60000
+  if l > B then l = B end
+  return l
+end
+local function expire(ttl)
+  local idle = math.max(600000, 3 * ttl)
+  redis.call('PEXPIRE', S, idle)
+  redis.call('PEXPIRE', N, idle)
+  redis.call('PEXPIRE', C, idle)
+end
+"""
+
+# LEASE: heartbeat, top up / give back escrow, charge debts, clamp, pause, set permits held.
+# ARGV: 1 node, 2 ttl_ms, 3 init_full, 4 leave, 5 pause_ms, 6 max_conc, 7 permits_want (-1: keep),
+#       then 4 dims x (L, B, want, give, charge, clamp (-1: none)) from ARGV[8].
+# Returns: epoch, created, members, pause_left_ms, permits_held, grant x4, level x4.
+LEASE_LUA = (
+    _COMMON
+    + """
+local node = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local init_full = ARGV[3] == '1'
+local leave = ARGV[4] == '1'
+if leave then
+  redis.call('ZREM', N, node)
+else
+  redis.call('ZADD', N, now + ttl, node)
+end
+purge()
+local members = redis.call('ZCARD', N)
+local pause = tonumber(ARGV[5])
+if pause > 0 and now + pause > p then p = now + pause end
+local paused = p > now
+local grants = {0, 0, 0, 0}
+local levels = {0, 0, 0, 0}
+local fields = {'e', epoch, 'ts', now, 'p', p}
+for i = 1, 4 do
+  local b = 7 + (i - 1) * 6
+  local L = tonumber(ARGV[b + 1])
+  if L > 0 then
+    local B = tonumber(ARGV[b + 2])
+    local l = level(i, L, B, init_full)
+    l = math.min(B, l + tonumber(ARGV[b + 4])) - tonumber(ARGV[b + 5])
+    local clamp = tonumber(ARGV[b + 6])
+    if clamp >= 0 and l > clamp then l = clamp end
+    local want = tonumber(ARGV[b + 3])
+    if want > 0 and l > 0 and not paused then
+      local g = math.floor(math.min(want, l))
+      grants[i] = g
+      l = l - g
+    end
+    levels[i] = l
+    table.insert(fields, 'l' .. i)
+    table.insert(fields, l)
+  end
+end
+local held = tonumber(redis.call('HGET', C, node)) or 0
+local want_p = tonumber(ARGV[7])
+if leave then want_p = 0 end
+if want_p >= 0 then
+  local target = want_p
+  local maxc = tonumber(ARGV[6])
+  if maxc > 0 and target > held then
+    local free = maxc - cu
+    if free < 0 then free = 0 end
+    target = math.min(target, held + free)
+  end
+  cu = cu + target - held
+  held = target
+  if held > 0 then redis.call('HSET', C, node, held) else redis.call('HDEL', C, node) end
+end
+table.insert(fields, 'cu')
+table.insert(fields, cu)
+redis.call('HSET', S, unpack(fields))
+expire(ttl)
+local left = 0
+if p > now then left = math.ceil(p - now) end
+return {epoch, created, members, left, held, grants[1], grants[2], grants[3], grants[4],
+        math.floor(levels[1]), math.floor(levels[2]), math.floor(levels[3]),
+        math.floor(levels[4])}
+"""
+)
+
+# ADMIT (strict): take every limit (and a permit) or nothing.
+# ARGV: 1 node, 2 ttl_ms, 3 init_full, 4 max_conc (0: no permit), then 4 dims x (L, B, cost).
+# Returns: admitted (1/0), wait_ms (-1: no permit free), created.
+ADMIT_LUA = (
+    _COMMON
+    + """
+local init_full = ARGV[3] == '1'
+local maxc = tonumber(ARGV[4])
+local wait = 0
+if p > now then wait = p - now end
+local levels = {}
+for i = 1, 4 do
+  local b = 4 + (i - 1) * 3
+  local L = tonumber(ARGV[b + 1])
+  if L > 0 then
+    local l = level(i, L, tonumber(ARGV[b + 2]), init_full)
+    local c = tonumber(ARGV[b + 3])
+    levels[i] = l - c
+    if l < c then
+      local w = (c - l) * 60000 / L
+      if w > wait then wait = w end
+    end
+  end
+end
+if wait == 0 and maxc > 0 and cu >= maxc then
+  purge()
+  if cu >= maxc then wait = -1 end
+end
+if wait ~= 0 then
+  if created == 1 then
+    redis.call('HSET', S, 'e', epoch, 'ts', now, 'p', p, 'cu', cu)
+    expire(tonumber(ARGV[2]))
+  end
+  if wait > 0 then wait = math.ceil(wait) end
+  return {0, wait, created}
+end
+local fields = {'ts', now}
+if created == 1 then
+  table.insert(fields, 'e')
+  table.insert(fields, epoch)
+end
+for i = 1, 4 do
+  if levels[i] then
+    table.insert(fields, 'l' .. i)
+    table.insert(fields, levels[i])
+  end
+end
+if maxc > 0 then
+  cu = cu + 1
+  redis.call('HINCRBY', C, ARGV[1], 1)
+  redis.call('ZADD', N, now + tonumber(ARGV[2]), ARGV[1])
+  table.insert(fields, 'cu')
+  table.insert(fields, cu)
+end
+redis.call('HSET', S, unpack(fields))
+if created == 1 then expire(tonumber(ARGV[2])) end
+return {1, 0, created}
+"""
+)
+
+# Redis failures: protocol/connection errors, timeouts (coredis raises TimeoutError, an
+# OSError), a connection torn down under a request (anyio), and our own backstop deadline.
+_FAILURES = (
+    coredis.exceptions.RedisError,
+    OSError,
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    trio.TooSlowError,
+)
+
+_MIN_GAP = 0.01  # never sync one key more often than this (batches bursts of wake-ups)
+_MIN_LEASE_ADMISSIONS = 20  # a lease covers at least this many admissions (≤ 5 trips / 100)
+
+
+def _policy(key: Key) -> str:
+    return key.spec.limits_config.redis_failure_policy
+
+
+class SharedKey(Key):
+    """What approximate and strict keys share: Redis keys, membership, fallback, debts."""
+
+    def __init__(
+        self,
+        label: str,
+        spec: KeySpec,
+        registry: LimiterRegistry,
+        clock: Callable[[], float],
+        offset: float,
+        backend: RedisBackend,
+    ) -> None:
+        super().__init__(label, spec, registry, clock, offset)
+        self.backend = backend
+        self.redis_keys = [f"{KEY_PREFIX}{{{label}}}:{s}" for s in ("s", "n", "c")]
+        self.sync_wanted = trio.Event()
+        self.not_before = 0.0  # key time
+        self.last_sync = clock()
+        self.epoch: str | None = None
+        self.seen = False  # this node has seen the shared state (a later "created" = lost)
+        self.lease_fresh = True  # the LEASE in flight was sent before the state was seen
+        self.members = 1
+        self.permits_held = 0
+        self.unsynced = [0.0, 0.0, 0.0, 0.0]  # spent without Redis, charged when it is back
+        self.pending_pause = 0.0  # ms to publish
+        self.pending_clamp: dict[int, int] = {}
+        self.remote_levels = [0.0, 0.0, 0.0, 0.0]
+        self.fallback_bucket: Gcra | None = None
+        self.state_resets = 0
+        self.round_trips = 0
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def signal(self) -> None:
+        """Ask the background sync to run soon."""
+        if not self.sync_wanted.is_set():
+            self.sync_wanted.set()
+
+    def effective_burst(self, d: int) -> float:
+        """The burst of ``d`` after adaptive lowering."""
+        return float(min(self.spec.bursts[d], self.effective[d]))
+
+    def _bursts(self) -> list[float]:
+        return [self.effective_burst(d) if self.spec.limits[d] else 0.0 for d in range(4)]
+
+    def dims_args(self) -> list[tuple[int, float]]:
+        """``(L, B)`` per dimension as the scripts expect (0 for unlimited)."""
+        return [
+            (self.effective[d], self.effective_burst(d)) if self.spec.limits[d] else (0, 0.0)
+            for d in range(4)
+        ]
+
+    def _fallback(self, now: float) -> Gcra:
+        # This node's share of each limit while Redis is away; it starts empty so a failover
+        # never adds a burst on top of what the node already held.
+        bucket = self.fallback_bucket
+        if bucket is None:
+            n = max(1, self.members)
+            limits = [self.effective[d] / n if self.spec.limits[d] else 0.0 for d in range(4)]
+            bursts = [self.effective_burst(d) / n if self.spec.limits[d] else 0.0 for d in range(4)]
+            bucket = Gcra(self.spec.dims, limits, bursts, now)
+            for i in range(len(bucket.tat)):
+                bucket.tat[i] = now + bucket.tau[i]
+            self.fallback_bucket = bucket
+        return bucket
+
+    def _policy_admit(self, v: Vector, permit: bool, now: float) -> float:
+        """Admit without Redis, as ``redis_failure_policy`` says."""
+        policy = _policy(self)
+        if policy == "fail_closed":
+            raise LimiterUnavailable(
+                f"shared limits for {self.label} are unavailable (Redis unreachable) and the "
+                "policy is fail_closed",
+                key=self.label,
+            )
+        cap = self.spec.max_concurrent
+        if policy == "local_fallback":
+            if permit and cap is not None:
+                share = max(self.permits_held, math.ceil(cap / max(1, self.members)))
+                if self._in_flight >= share:
+                    return math.inf
+            wait = self._fallback(now).take(v, now)
+            if wait:
+                return wait
+        for d in self.spec.dims:
+            self.unsynced[d] += v[d]
+        return 0.0
+
+    def _on_pause(self, until: float, now: float) -> None:
+        self.pending_pause = max(self.pending_pause, (until - now) * 1000.0)
+        self.signal()
+
+    def _clamp(self, dim: int, remaining: int, now: float) -> None:
+        self.pending_clamp[dim] = remaining
+        self.signal()
+
+    def _lower_limit(self, dim: int, per_minute: int, now: float) -> None:
+        self.fallback_bucket = None  # rebuilt with the new share when next needed
+        self.wake_head()
+
+    def close(self) -> None:
+        super().close()
+        self.signal()  # the sync loop sees ``closed``, gives everything back and ends
+
+    def _extra_statistics(self) -> dict[str, Any]:
+        return {
+            "fallback": not self.backend.healthy,
+            "members": self.members,
+            "state_resets": self.state_resets,
+            "redis_round_trips": self.round_trips,
+        }
+
+    def observe_epoch(self, epoch: str | None, created: bool, fresh: bool) -> None:
+        """Compare the shared state with what this node knew when it sent the call (``fresh``:
+        it had not seen it yet). Re-created although seen, or a different epoch, means Redis
+        lost it (restart, eviction)."""
+        changed = epoch is not None and self.epoch is not None and epoch != self.epoch
+        if (created and not fresh) or changed:
+            self.state_resets += 1
+            log.warning("limiter %s: Redis lost the shared state; re-created it", self.label)
+            self.registry.publish(LimiterStateLost(at=trio.current_time(), key=self.label))
+        self.epoch = epoch
+        self.seen = True
+
+    def apply_pause(self, left_ms: int, now: float) -> None:
+        """Adopt a pause another node published."""
+        if left_ms > 0:
+            until = now + left_ms / 1000.0
+            if until > self._paused_until + 0.05:  # our own pause echoes back a little later
+                self.pause(until, "shared", None, now)
+
+    # -- sync (run by the backend's task for this key) -----------------------------------------
+
+    def lease_args(self, now: float, leave: bool) -> tuple[list[Any], Any]:
+        """Arguments of one LEASE call and what to restore if it fails."""
+        raise NotImplementedError
+
+    def lease_done(self, reply: Sequence[Any], pending: Any, now: float) -> None:
+        """Apply a LEASE reply."""
+        raise NotImplementedError
+
+    def lease_failed(self, pending: Any) -> None:
+        """Undo what :meth:`lease_args` moved out."""
+        raise NotImplementedError
+
+    def common_args(self, now: float, leave: bool, permits_want: int) -> list[Any]:
+        """The LEASE arguments before the per-dimension ones."""
+        pause_ms = self.pending_pause
+        self.pending_pause = 0.0
+        cap = self.spec.max_concurrent
+        ttl_ms = self.spec.limits_config.node_ttl * 1000.0
+        self.lease_fresh = not self.seen
+        return [
+            self.backend.node_id,
+            round(ttl_ms),
+            1 if self.lease_fresh else 0,
+            1 if leave else 0,
+            round(pause_ms),
+            cap or 0,
+            permits_want if cap is not None else -1,
+        ]
+
+    def common_done(self, reply: Sequence[Any], now: float) -> list[int]:
+        """Apply the shared part of a LEASE reply; return the grants."""
+        epoch = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        self.observe_epoch(epoch, bool(int(reply[1])), self.lease_fresh)
+        self.members = max(1, int(reply[2]))
+        self.apply_pause(int(reply[3]), now)
+        if self.spec.max_concurrent is not None:
+            self.permits_held = int(reply[4])
+        for d in range(4):
+            self.remote_levels[d] = float(reply[9 + d])
+        self.fallback_bucket = None
+        self.last_sync = now
+        return [int(reply[5 + d]) for d in range(4)]
+
+    def charges(self) -> list[float]:
+        """Spend without Redis to charge now (at most one burst per limit)."""
+        out = [0.0, 0.0, 0.0, 0.0]
+        for d in self.spec.dims:
+            out[d] = min(self.unsynced[d], self.effective_burst(d))
+            self.unsynced[d] = 0.0
+        return out
+
+
+class ApproximateKey(SharedKey):
+    """A key spending leased escrow locally (mode ``approximate``)."""
+
+    mode = "approximate"
+
+    def __init__(
+        self,
+        label: str,
+        spec: KeySpec,
+        registry: LimiterRegistry,
+        clock: Callable[[], float],
+        offset: float,
+        backend: RedisBackend,
+    ) -> None:
+        super().__init__(label, spec, registry, clock, offset, backend)
+        self.level = [0.0, 0.0, 0.0, 0.0]  # escrow: leased and not yet spent
+        self.low = [0.0, 0.0, 0.0, 0.0]  # top up below this
+        self.need = [0.0, 0.0, 0.0, 0.0]  # what the head of the line is missing
+        self.spent = [0.0, 0.0, 0.0, 0.0]  # since the last sync: the demand measurement
+        self.spent_admissions = 0
+        self.rate = [0.0, 0.0, 0.0, 0.0]  # smoothed demand per second
+        self.admission_rate = 0.0
+        self.permit_waiting = False
+
+    def _admit(self, v: Vector, permit: bool, now: float) -> float:
+        if permit and self.spec.max_concurrent is not None and self._in_flight >= self.permits_held:
+            if self.backend.healthy:
+                self.permit_waiting = True
+                self.signal()
+                return math.inf
+            return self._policy_admit(v, permit, now)
+        level = self.level
+        dims = self.spec.dims
+        for d in dims:
+            if level[d] < v[d]:
+                break
+        else:
+            low = False
+            for d in dims:
+                level[d] -= v[d]
+                self.spent[d] += v[d]
+                if level[d] < self.low[d]:
+                    low = True
+            self.spent_admissions += 1
+            if low:
+                self.signal()
+            return 0.0
+        if not self.backend.healthy:
+            return self._policy_admit(v, permit, now)
+        for d in dims:
+            self.need[d] = max(self.need[d], v[d] - level[d])
+        self.signal()
+        return self._lease_wait(v)
+
+    def _lease_wait(self, v: Vector) -> float:
+        return max(self._estimate(v, self._clock(), None), _MIN_GAP)
+
+    def _estimate(self, v: Vector, now: float, ahead: list[float] | None) -> float:
+        # An estimate: about one round trip when the shared bucket had room at the last sync,
+        # otherwise the time this node's share of the refill needs to cover the deficit.
+        wait = 0.0
+        for d in self.spec.dims:
+            deficit = v[d] + (ahead[d] if ahead else 0.0) - self.level[d]
+            if deficit > 0:
+                beyond = deficit - max(self.remote_levels[d], 0.0)
+                share = self.effective[d] / 60.0 / max(1, self.members)
+                wait = max(wait, beyond / share if beyond > 0 else _MIN_GAP)
+        return wait
+
+    def _adjust(self, delta: Vector | list[float], now: float) -> None:
+        # Refunds go back to the escrow (they were leased); debts make it negative, and the
+        # next leases repay them before anything else is admitted.
+        for d in self.spec.dims:
+            self.level[d] -= delta[d]
+            self.spent[d] += delta[d]
+        if any(self.level[d] < self.low[d] for d in self.spec.dims):
+            self.signal()
+
+    def _levels(self, now: float) -> list[float]:
+        return [self.level[d] for d in self.spec.dims]
+
+    def _clamp(self, dim: int, remaining: int, now: float) -> None:
+        self.level[dim] = min(self.level[dim], float(remaining))
+        super()._clamp(dim, remaining, now)
+
+    def _on_release(self) -> None:
+        if self.permit_waiting or self.permits_held > self._in_flight + 1:
+            self.signal()
+
+    def lease_args(self, now: float, leave: bool) -> tuple[list[Any], Any]:
+        elapsed = max(now - self.last_sync, 1e-3)
+        fresh = self.admission_rate == 0.0
+        weight = min(1.0, elapsed / 2.0)  # ~2 s memory, whatever the sync pace
+        for d in self.spec.dims:
+            measured = self.spent[d] / elapsed
+            self.rate[d] = measured if fresh else self.rate[d] + weight * (measured - self.rate[d])
+            self.spent[d] = 0.0
+        measured = self.spent_admissions / elapsed
+        self.admission_rate = (
+            measured if fresh else self.admission_rate + weight * (measured - self.admission_rate)
+        )
+        self.spent_admissions = 0
+        horizon = self.spec.limits_config.lease_seconds
+        if self.admission_rate > 0:
+            horizon = min(max(horizon, _MIN_LEASE_ADMISSIONS / self.admission_rate), 60.0)
+        members = max(1, self.members)
+        waiting = bool(self._waiters)
+        gives = [0.0, 0.0, 0.0, 0.0]
+        wants = [0.0, 0.0, 0.0, 0.0]
+        for d in self.spec.dims:
+            burst = self.effective_burst(d)
+            target = min(self.rate[d] * horizon, burst / members)
+            target = max(target, self.need[d] + self.level[d])  # the head's whole cost
+            target = min(target, burst)
+            self.low[d] = target / 2.0
+            level = self.level[d]
+            if leave:
+                gives[d] = max(level, 0.0)
+            elif level < target and (level <= self.low[d] or self.need[d] > 0):
+                wants[d] = math.ceil(target - level)
+            elif not waiting and level > 2.0 * target + 1.0:
+                gives[d] = level - target
+            self.level[d] -= gives[d]  # moved out now, restored if the call fails
+        charges = self.charges()
+        clamps = self.pending_clamp
+        self.pending_clamp = {}
+        cap = self.spec.max_concurrent
+        permits = 0
+        if cap is not None:
+            permit_waiters = sum(1 for w in self._waiters if w.permit)
+            busy = 1 if self.admission_rate > 0 else 0
+            permits = 0 if leave else self._in_flight + permit_waiters + busy
+        args = self.common_args(now, leave, permits)
+        for d, (limit, burst) in enumerate(self.dims_args()):
+            clamp = float(clamps.get(d, -1))
+            if clamp >= 0:
+                # The provider's remaining covers our escrow too: the shared part is the rest.
+                clamp = max(0.0, clamp - max(self.level[d], 0.0))
+            args += [limit, burst, wants[d], gives[d], charges[d], clamp]
+        self.need = [0.0, 0.0, 0.0, 0.0]
+        self.permit_waiting = False
+        return args, (gives, charges, clamps, wants)
+
+    def lease_done(self, reply: Sequence[Any], pending: Any, now: float) -> None:
+        _gives, _charges, _clamps, wants = pending
+        grants = self.common_done(reply, now)
+        partial = False
+        for d in self.spec.dims:
+            self.level[d] += grants[d]
+            if grants[d] < wants[d]:
+                partial = True
+        # Pace the next top-up: a partial grant means the shared bucket is dry, so come back
+        # when this node's share of the refill could cover it (never in lock-step with others).
+        gap = _MIN_GAP
+        if partial:
+            longest = self.spec.limits_config.sync_interval
+            for d in self.spec.dims:
+                rate = self.effective[d] / 60.0
+                # Come back before the shared bucket could fill up unclaimed.
+                longest = min(longest, self.effective_burst(d) / rate / 2.0)
+                missing = wants[d] - grants[d]
+                if missing > 0:
+                    gap = max(gap, missing / (rate / max(1, self.members)))
+            gap = min(gap, max(longest, _MIN_GAP))
+        self.not_before = now + gap * random.uniform(0.8, 1.2)
+        self.wake_head()
+
+    def lease_failed(self, pending: Any) -> None:
+        gives, charges, clamps, _wants = pending
+        for d in self.spec.dims:
+            self.level[d] += gives[d]
+            self.unsynced[d] += charges[d]
+        for d, remaining in clamps.items():
+            self.pending_clamp.setdefault(d, remaining)
+
+    def retighten(self, spec: KeySpec) -> None:
+        super().retighten(spec)
+        self.fallback_bucket = None
+
+
+class StrictKey(SharedKey):
+    """A key admitting through one atomic Redis call each time (mode ``strict``)."""
+
+    mode = "strict"
+
+    def __init__(
+        self,
+        label: str,
+        spec: KeySpec,
+        registry: LimiterRegistry,
+        clock: Callable[[], float],
+        offset: float,
+        backend: RedisBackend,
+    ) -> None:
+        super().__init__(label, spec, registry, clock, offset, backend)
+        self.pending_adjust = [0.0, 0.0, 0.0, 0.0]
+        self.pending_admissions = 0  # admissions with a permit sent and not yet answered
+        self.dirty_permits = False
+
+    def try_acquire(self, cost: Any) -> float:
+        raise TypeError(
+            f"limit key {self.label} is strict: every admission is a Redis call, so use "
+            "`await limiter.acquire(cost, max_wait=0)` instead of try_acquire()"
+        )
+
+    async def acquire(self, v: Vector, permit: bool, max_wait: float) -> None:
+        if not max_wait >= 0:
+            raise ValueError(f"max_wait must be >= 0, got {max_wait!r}")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.closed:
+            raise LimiterUnavailable(f"limit key {self.label} is closed", key=self.label)
+        now = self._clock()
+        self.check_fits(v)
+        if not self._waiters and now >= self._paused_until:
+            wait = await self._admit_async(v, permit, now)
+            if not wait:
+                self.admitted += 1
+                if permit:
+                    self._in_flight += 1
+                return
+            if wait > max_wait and math.isfinite(wait):
+                self.rejected += 1
+                raise RateLimitExceeded(
+                    f"limit key {self.label} needs {wait:.3f}s, more than max_wait {max_wait:g}s",
+                    key=self.label,
+                    wait=wait,
+                )
+            await self._wait_in_line(v, permit, max_wait, first_wait=wait)
+            return
+        await self._wait_in_line(v, permit, max_wait)
+
+    def _admit(self, v: Vector, permit: bool, now: float) -> float:
+        raise AssertionError("strict keys admit through _admit_async")  # pragma: no cover
+
+    async def _admit_async(self, v: Vector, permit: bool, now: float) -> float:
+        backend = self.backend
+        if not backend.healthy:
+            return self._policy_admit(v, permit, now)
+        cap = self.spec.max_concurrent if permit else None
+        recycle = False
+        if cap is not None:
+            self.pending_admissions += 1
+            # Redis still counts a permit this node released (the release syncs in the
+            # background): reuse it instead of taking another.
+            recycle = self.permits_held >= self._in_flight + self.pending_admissions
+        fresh = not self.seen
+        args: list[Any] = [
+            backend.node_id,
+            round(self.spec.limits_config.node_ttl * 1000.0),
+            1 if fresh else 0,
+            0 if recycle or cap is None else cap,
+        ]
+        for d, (limit, burst) in enumerate(self.dims_args()):
+            args += [limit, burst, v[d]]
+        try:
+            # Shielded (the call is bounded by redis_timeout): a cancellation arriving while
+            # Redis decides must not lose an admission it made; it is given back below.
+            with trio.CancelScope(shield=True):
+                reply = await backend.call(self, "admit", args)
+        finally:
+            if cap is not None:
+                self.pending_admissions -= 1
+        if reply is None:
+            return self._policy_admit(v, permit, self._clock())
+        admitted, wait_ms, created = int(reply[0]), int(reply[1]), bool(int(reply[2]))
+        if created:
+            # Report a loss now; the next heartbeat learns the new epoch without a 2nd report.
+            self.observe_epoch(None, True, fresh)
+        self.seen = True
+        if not admitted:
+            # No permit free anywhere: poll, since another node's release can't wake us.
+            return 0.05 if wait_ms < 0 else wait_ms / 1000.0
+        if cap is not None and not recycle:
+            self.permits_held += 1
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except trio.Cancelled:
+            self._give_back(v, cap is not None)
+            raise
+        return 0.0
+
+    def _give_back(self, v: Vector, permit: bool) -> None:
+        for d in self.spec.dims:
+            self.pending_adjust[d] -= v[d]
+        if permit:
+            self.dirty_permits = True
+        self.signal()
+
+    def _policy_admit(self, v: Vector, permit: bool, now: float) -> float:
+        wait = super()._policy_admit(v, permit, now)
+        if not wait and permit:
+            self.dirty_permits = True
+        return wait
+
+    def _estimate(self, v: Vector, now: float, ahead: list[float] | None) -> float:
+        wait = 0.0
+        for d in self.spec.dims:
+            deficit = v[d] + (ahead[d] if ahead else 0.0) - self.remote_levels[d]
+            if deficit > 0:
+                wait = max(wait, deficit * 60.0 / self.effective[d])
+        return wait
+
+    def _adjust(self, delta: Vector | list[float], now: float) -> None:
+        for d in self.spec.dims:
+            self.pending_adjust[d] += delta[d]
+        self.signal()
+
+    def _levels(self, now: float) -> list[float]:
+        return [self.remote_levels[d] for d in self.spec.dims]
+
+    def _on_release(self) -> None:
+        self.dirty_permits = True
+        self.signal()
+
+    def lease_args(self, now: float, leave: bool) -> tuple[list[Any], Any]:
+        adjust = self.pending_adjust
+        self.pending_adjust = [0.0, 0.0, 0.0, 0.0]
+        charges = self.charges()
+        clamps = self.pending_clamp
+        self.pending_clamp = {}
+        permits = 0 if leave else self._in_flight + self.pending_admissions
+        self.dirty_permits = False
+        args = self.common_args(now, leave, permits)
+        for d, (limit, burst) in enumerate(self.dims_args()):
+            give = max(-adjust[d], 0.0)
+            charge = max(adjust[d], 0.0) + charges[d]
+            args += [limit, burst, 0, give, charge, clamps.get(d, -1)]
+        return args, (adjust, charges, clamps)
+
+    def lease_done(self, reply: Sequence[Any], pending: Any, now: float) -> None:
+        self.common_done(reply, now)
+        self.not_before = now + _MIN_GAP
+        self.wake_head()
+
+    def lease_failed(self, pending: Any) -> None:
+        adjust, charges, clamps = pending
+        for d in self.spec.dims:
+            self.pending_adjust[d] += adjust[d]
+            self.unsynced[d] += charges[d]
+        for d, remaining in clamps.items():
+            self.pending_clamp.setdefault(d, remaining)
+        self.dirty_permits = True
+
+
+class RedisBackend:
+    """The Redis connection of one supervisor and the background sync of its shared keys.
+
+    :meth:`run` is a supervised task: it owns the ``coredis`` client and runs one sync loop per
+    shared key (lease top-ups, give-backs, settlements, heartbeats). Nothing on a request's
+    hot path awaits it in approximate mode.
+    """
+
+    def __init__(self, registry: LimiterRegistry, url: str, timeout: float) -> None:
+        self.registry = registry
+        self.url = url
+        self.timeout = timeout
+        self.node_id = registry.node_id
+        self.healthy = True
+        self.client: coredis.Redis[bytes] | None = None
+        self.lease_script: Any = None
+        self.admit_script: Any = None
+        self.round_trips = 0
+        self.failures = 0
+        self._ready = trio.Event()
+        self._keys_changed = trio.Event()
+
+    def new_key(
+        self, label: str, spec: KeySpec, clock: Callable[[], float], offset: float
+    ) -> SharedKey:
+        """A new shared key in ``spec``'s mode; its sync loop starts at once."""
+        cls = StrictKey if spec.limits_config.mode == "strict" else ApproximateKey
+        key = cls(label, spec, self.registry, clock, offset, self)
+        key.signal()  # lease (or register) right away
+        self._keys_changed.set()
+        return key
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    async def call(self, key: SharedKey, which: str, args: list[Any]) -> Sequence[Any] | None:
+        """Run the ``lease`` or ``admit`` script for ``key``; ``None`` when Redis failed (health
+        is updated)."""
+        if self.client is None:
+            with trio.move_on_after(self.timeout):
+                await self._ready.wait()
+            if self.client is None:
+                self._failed("the Redis client is not connected yet")
+                return None
+        script = self.lease_script if which == "lease" else self.admit_script
+        self.round_trips += 1
+        key.round_trips += 1
+        try:
+            # coredis enforces the timeout per command; this is a backstop for a connect
+            # that hangs between its own deadlines.
+            with trio.fail_after(self.timeout * 2 + 0.05):
+                reply = await script(keys=key.redis_keys, args=args)
+        except _FAILURES as exc:
+            if isinstance(exc, coredis.exceptions.ResponseError) and not isinstance(
+                exc, coredis.exceptions.NoScriptError
+            ):
+                log.error("limiter script error for %s: %s", key.label, redact(str(exc)))
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return None
+        self._ok()
+        return list(reply)
+
+    def _failed(self, error: str) -> None:
+        self.failures += 1
+        if self.healthy:
+            self.healthy = False
+            text = redact(error)
+            log.warning("limiter: Redis unavailable (%s); applying failure policies", text)
+            self._publish(LimiterFallback(at=trio.current_time(), active=True, error=text))
+            self._wake_all()
+
+    def _ok(self) -> None:
+        if not self.healthy:
+            self.healthy = True
+            log.warning("limiter: Redis is back; shared limits resume")
+            self._publish(LimiterFallback(at=trio.current_time(), active=False))
+            for key in self._shared_keys():
+                key.signal()
+            self._wake_all()
+
+    def _publish(self, event: Event) -> None:
+        self.registry.publish(event)
+
+    def _shared_keys(self) -> list[SharedKey]:
+        return [k for k in self.registry.all_keys() if isinstance(k, SharedKey)]
+
+    def _wake_all(self) -> None:
+        for key in self._shared_keys():
+            key.wake_head()
+
+    # -- the task ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Own the client and run every shared key's sync loop (a supervised task)."""
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(
+            self.url,
+            stream_timeout=self.timeout,
+            connect_timeout=self.timeout,
+            retry_policy=NoRetryPolicy(),
+        )
+        async with client:
+            self.client = client
+            self.lease_script = client.register_script(LEASE_LUA)
+            self.admit_script = client.register_script(ADMIT_LUA)
+            self._ready.set()
+            try:
+                async with trio.open_nursery() as nursery:
+                    running: set[SharedKey] = set()
+                    while True:
+                        self._keys_changed = trio.Event()
+                        running = {k for k in running if not k.closed}
+                        for key in self._shared_keys():
+                            if key not in running and not key.closed:
+                                running.add(key)
+                                nursery.start_soon(self._key_loop, key)
+                        await self._keys_changed.wait()
+            finally:
+                self.client = None
+                self._ready = trio.Event()
+                with trio.CancelScope(shield=True), trio.move_on_after(self.timeout * 2):
+                    await self._leave_all()
+
+    async def _key_loop(self, key: SharedKey) -> None:
+        clock = key._clock
+        while not key.closed:
+            await self._sync(key)
+            sync_interval = key.spec.limits_config.sync_interval
+            gap = key.not_before - clock()
+            if not self.healthy:
+                gap = max(gap, min(sync_interval, 0.5))  # probe, don't hammer
+            if gap > 0:
+                await trio.sleep(gap)
+            with trio.move_on_after(max(0.0, key.last_sync + sync_interval - clock())):
+                await key.sync_wanted.wait()
+            key.sync_wanted = trio.Event()
+        # The key's last endpoint left: give its escrow and permits back to the fleet.
+        with trio.CancelScope(shield=True), trio.move_on_after(self.timeout):
+            await self._sync(key, leave=True)
+
+    async def _leave_all(self) -> None:
+        """Give every key's escrow and permits back (this node is shutting down).
+
+        Runs after the main client closed (cancellation tore its connections down), on a
+        fresh short-lived one.
+        """
+        keys = [k for k in self._shared_keys() if not k.closed]
+        if not keys:
+            return
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(
+            self.url,
+            stream_timeout=self.timeout,
+            connect_timeout=self.timeout,
+            retry_policy=NoRetryPolicy(),
+        )
+        async with client:
+            self.client = client
+            self.lease_script = client.register_script(LEASE_LUA)
+            self.admit_script = client.register_script(ADMIT_LUA)
+            async with trio.open_nursery() as nursery:
+                for key in keys:
+                    nursery.start_soon(partial(self._sync, key, leave=True))
+        self.client = None
+
+    async def _sync(self, key: SharedKey, *, leave: bool = False) -> None:
+        now = key._clock()
+        args, pending = key.lease_args(now, leave)
+        reply = await self.call(key, "lease", args)
+        if reply is None:
+            key.lease_failed(pending)
+            return
+        key.lease_done(reply, pending, key._clock())
