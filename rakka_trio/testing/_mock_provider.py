@@ -233,7 +233,10 @@ def _digest(key: str) -> bytes:
 
 
 def _format_seconds(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.3f}".rstrip("0")
+    # Whole numbers as providers send them ("2"); fractions to the millisecond ("0.25").
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
 def _prompt_words(route: Route, body: Mapping[str, Any]) -> int:
