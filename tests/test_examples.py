@@ -11,6 +11,8 @@ import pytest
 import trio
 import trio.testing
 
+import rakka_trio as rk
+
 pytestmark = pytest.mark.trio
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -34,3 +36,28 @@ async def test_breaker_basics(
     out = capsys.readouterr().out
     assert "closed -> open (failure_threshold)" in out
     assert "half_open -> closed (probe_succeeded)" in out
+
+
+async def test_stream_from_mock_provider(capsys: pytest.CaptureFixture[str]) -> None:
+    # Real sockets: the real clock, bounded.
+    with trio.fail_after(20):
+        answers = await load("stream_from_mock_provider").main()
+    expected = "Structured concurrency keeps every call accounted for."
+    assert answers == {"openai": expected, "anthropic": expected, "retried": expected}
+    out = capsys.readouterr().out
+    assert "answered in 3 attempts" in out
+    assert "2 failures recorded" in out
+
+
+async def test_real_providers_example_skips_without_keys(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    module = load("real_providers")
+    assert module.configured_endpoints() == []
+    await module.main()
+    assert "Set OPENAI_API_KEY" in capsys.readouterr().out
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used-000000")
+    (only,) = module.configured_endpoints()
+    assert only.name == "openai" and only.credential == rk.EnvCredential("OPENAI_API_KEY")
