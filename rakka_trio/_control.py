@@ -397,7 +397,7 @@ class ControlServer:
             return OPERATOR
         return VIEWER if self._allow_viewers else None
 
-    # --- the two per-connection tasks--- ---------------------------------------------------
+    # --- the two per-connection tasks ------------------------------------------------------
 
     async def _read_frames(
         self, conn: _Connection, replies: trio.MemorySendChannel[proto.ServerFrame]
@@ -417,7 +417,9 @@ class ControlServer:
                     self._closed_for_abuse += 1
                     log.warning("control: closing %s: frame flood", conn.actor)
                     return "flood: too many frames"
-                msg_id = proto.peek_id(message) if isinstance(message, str) else None
+                # Parse refused frames only to echo their id, and only if they are small.
+                small = isinstance(message, str) and len(message) <= self._max_message_size
+                msg_id = proto.peek_id(message) if small and isinstance(message, str) else None
                 reply: proto.ServerFrame = self._error(
                     msg_id,
                     proto.ErrorCode.RATE_LIMITED,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -253,6 +254,48 @@ def test_human_output_cannot_drive_the_terminal() -> None:
     line = format_frame(frame)
     assert line.isprintable()
     assert "\\x1b]0;pwned\\x07" in line and "until reset" in line
+
+
+@pytest.mark.trio
+async def test_acceptance_force_open_shows_live_in_events() -> None:
+    """The issue's acceptance check, with the real console entry point in subprocesses:
+    `rakka-trio events` is following when `rakka-trio force-open` trips a breaker."""
+    env = {"RAKKA_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, "-m", "rakka_trio._cli"]
+    with trio.fail_after(30):
+        async with control_server("openai-primary", "backup") as (sup, srv):
+            async with trio.open_nursery() as nursery:
+                tail = await nursery.start(
+                    functools.partial(
+                        trio.run_process,
+                        [*cmd, "events", srv.url, "--count", "2"],
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                    )
+                )
+                assert tail.stdout is not None
+                await wait_for(lambda: srv.statistics().active_connections == 1)
+                done = await trio.run_process(
+                    [*cmd, "force-open", srv.url, "openai-primary",
+                     "--duration", "300", "--reason", "incident-42"],
+                    env=env,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )  # fmt: skip
+                assert done.returncode == EXIT_OK, done.stderr
+                assert b"openai-primary: forced_open for 300s" in done.stdout
+                assert sup.breaker("openai-primary").state is S.FORCED_OPEN
+                output = b""
+                async for chunk in tail.stdout:
+                    output += chunk
+            assert tail.returncode == EXIT_OK
+            command, transition = output.decode().splitlines()
+            assert "openai-primary  force_open by cli:" in command
+            assert "reason: incident-42" in command
+            assert "openai-primary  closed -> forced_open  (forced)" in transition
+            assert "reason: incident-42" in transition
 
 
 @pytest.mark.trio
