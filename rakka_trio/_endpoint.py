@@ -25,11 +25,13 @@ from ._config import EndpointConfig
 from ._errors import (
     ConfigError,
     RakkaError,
+    RateLimited,
     StreamError,
     Timeout,
     Unauthorized,
     classify_http_status,
 )
+from ._limiter import Cost, LimiterHandle, Reservation
 from ._providers import stream_adapter_for
 from ._providers._base import StreamAdapter
 from ._request import ChatRequest, Completion, build_http_request
@@ -44,6 +46,23 @@ log = logging.getLogger("rakka_trio.endpoint")
 T = TypeVar("T")
 
 _MAX_ERROR_BODY = 64 * 1024  # bytes of an error response read for classification
+
+
+_DEFAULT_OUTPUT_ESTIMATE = 1024  # output tokens reserved when a request sets no max_tokens
+
+
+def _estimate(request: ChatRequest) -> Cost:
+    """A conservative admission cost: ~4 characters per prompt token, ``max_tokens`` out.
+
+    The reservation is settled with the provider's reported usage afterwards, so the estimate
+    only has to be in the right range.
+    """
+    chars = sum(len(str(m.get("content", ""))) for m in request.messages)
+    return Cost(
+        requests=1,
+        input_tokens=max(1, chars // 4),
+        output_tokens=request.max_tokens or _DEFAULT_OUTPUT_ESTIMATE,
+    )
 
 
 def _has_content(chunk: StreamChunk) -> bool:
@@ -75,8 +94,10 @@ class ChunkStream:
         pending: list[StreamChunk],
         eof: bool,
         attempts: int,
+        reservation: Reservation | None = None,
     ) -> None:
         self._endpoint = endpoint
+        self._reservation = reservation
         self._token = token
         self._stack = stack
         self._events = events
@@ -121,6 +142,10 @@ class ChunkStream:
             self._endpoint.breaker._finish(self._token, exc, None)
 
     async def _aclose(self) -> None:
+        if self._reservation is not None:
+            # The provider's reported usage corrects the estimate; without it (an error or an
+            # early exit before the usage arrived) the estimate stands.
+            self._reservation.settle(self._adapter.usage)
         if not self._settled:
             self._settled = True
             if self._eof:  # the provider delivered everything; the caller just stopped reading
@@ -146,10 +171,16 @@ class Endpoint:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         retrier: Retrier | None = None,
+        limiter: LimiterHandle | None = None,
     ) -> None:
         self._config = config
         self._breaker = breaker
-        self._session = Session(config, transport=transport)
+        self._limiter = limiter
+        self._session = Session(
+            config,
+            transport=transport,
+            on_credential=limiter.bind_credential if limiter is not None else None,
+        )
         self._retrier = retrier if retrier is not None else Retrier(config.retry)
 
     @property
@@ -171,6 +202,11 @@ class Endpoint:
     def session(self) -> Session:
         """The endpoint's HTTP session."""
         return self._session
+
+    @property
+    def limiter(self) -> LimiterHandle | None:
+        """The endpoint's rate limiter (``None`` for an endpoint built without one)."""
+        return self._limiter
 
     @property
     def retrier(self) -> Retrier:
@@ -284,7 +320,15 @@ class Endpoint:
             )
         token = self._breaker._acquire()
         stack = AsyncExitStack()
+        reservation: Reservation | None = None
         try:
+            if self._limiter is not None:
+                # Exiting the stack releases the concurrency permit; an exit before the
+                # request went out refunds the estimate (cancellation while waiting takes
+                # nothing at all).
+                reservation = await stack.enter_async_context(
+                    await self._limiter.reserve(_estimate(request), model=model)
+                )
             client, generation = await stack.enter_async_context(self._session.lease())
             call = build_http_request(cfg.provider, cfg.base_url, model, request)
             http_request = client.build_request(
@@ -296,6 +340,9 @@ class Endpoint:
             )
             response = await self._send(client, http_request)
             stack.push_async_callback(response.aclose)
+            if reservation is not None:
+                reservation.mark_sent()
+                self._observe(response, model)
             if response.status_code >= 400:
                 body = await self._read_error_body(response)
                 error = classify_http_status(
@@ -307,6 +354,13 @@ class Endpoint:
                 )
                 if isinstance(error, Unauthorized):
                     error._generation = generation  # type: ignore[attr-defined]
+                if reservation is not None:
+                    # An error response generated no tokens; the request itself counts.
+                    reservation.settle(Cost(requests=1))
+                    if isinstance(error, RateLimited) and self._limiter is not None:
+                        self._limiter.observe_rate_limited(
+                            error.retry_after, headers=response.headers, model=model
+                        )
                 raise error
             adapter = stream_adapter_for(cfg.provider, endpoint=cfg.name)
             events = await stack.enter_async_context(
@@ -323,12 +377,19 @@ class Endpoint:
             while not eof and not any(_has_content(c) for c in pending):
                 more, eof = await self._pull(events, adapter)
                 pending.extend(more)
-            return ChunkStream(self, token, stack, events, adapter, pending, eof, attempts)
+            return ChunkStream(
+                self, token, stack, events, adapter, pending, eof, attempts, reservation
+            )
         except BaseException as exc:
             self._breaker._finish(token, exc, None)
             with trio.CancelScope(shield=True):
                 await stack.aclose()
             raise
+
+    def _observe(self, response: httpx.Response, model: str) -> None:
+        """Feed the provider's rate-limit headers to the limiter (adaptive limits)."""
+        if self._limiter is not None:
+            self._limiter.observe_headers(response.headers, model=model)
 
     async def _send(self, client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
         cfg = self._config

@@ -10,7 +10,7 @@ generation is skipped when a newer one already exists (one rebuild per credentia
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -94,14 +94,20 @@ class _Generation:
 class Session:
     """The HTTP side of one endpoint. Created and owned by the supervisor; see the module doc.
 
-    ``transport`` (an ``httpx.AsyncBaseTransport``) is for tests and custom networking.
+    ``transport`` (an ``httpx.AsyncBaseTransport``) is for tests and custom networking;
+    ``on_credential`` is told (synchronously) about each newly resolved credential.
     """
 
     def __init__(
-        self, config: EndpointConfig, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        config: EndpointConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_credential: Callable[[Secret], None] | None = None,
     ) -> None:
         self._config = config
         self._transport = transport
+        self._on_credential = on_credential
         self._current: _Generation | None = None
         self._draining: set[_Generation] = set()
         self._lock = trio.Lock()
@@ -121,6 +127,8 @@ class Session:
     async def _build(self, number: int) -> _Generation:
         cfg = self._config
         secret = await cfg.credential.resolve() if cfg.credential is not None else None
+        if secret is not None and self._on_credential is not None:
+            self._on_credential(secret)  # e.g. the limiter keys its budget by this credential
         t = cfg.timeouts
         client = httpx.AsyncClient(
             base_url=cfg.base_url,

@@ -155,9 +155,9 @@ class Supervisor:
             raise TypeError("add_endpoint expects an EndpointConfig")
         if config.name in self._runtimes:
             raise ConfigError([("name", f"endpoint {config.name!r} already exists")])
-        self._limiters.add(config)
+        limiter = self._limiters.add(config)
         handle = BreakerHandle(config.name, config.breaker, on_event=self._on_breaker_event)
-        runtime = _EndpointRuntime(Endpoint(config, handle))
+        runtime = _EndpointRuntime(Endpoint(config, handle, limiter=limiter))
         handle._wake = runtime.wake
         self._runtimes[config.name] = runtime
         self._nursery.start_soon(self._run_endpoint, runtime, name=f"breaker:{config.name}")

@@ -382,3 +382,72 @@ async def test_network_refused(mock: MockProvider) -> None:
             with pytest.raises(rk.NetworkError):
                 await sup.endpoint("down").complete(HI)
             assert sup.breaker("down").statistics().failures == 1
+
+
+def limited(mock: MockProvider, limits: rk.RateLimits, **kw: object) -> rk.EndpointConfig:
+    return rk.EndpointConfig(
+        name="openai",
+        provider="openai",
+        base_url=mock.base_url_for("openai"),
+        model="mock-model",
+        credential=rk.StaticCredential(KEY),
+        limits=limits,
+        retry=rk.RetryPolicy(initial_backoff=0.01, max_backoff=0.05),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_limiter_reserves_then_settles_actual_usage(mock: MockProvider) -> None:
+    limits = rk.RateLimits(requests_per_minute=600, tokens_per_minute=100_000, max_concurrent=2)
+    with trio.fail_after(5):
+        async with rk.open_supervisor(supervisor(limited(mock, limits))) as sup:
+            request = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=5000)
+            done = await sup.endpoint("openai").complete(request)
+            assert done.usage is not None
+            (key,) = sup.limiter("openai").statistics().keys
+            tokens = next(lim for lim in key.limits if lim.name == "tokens_per_minute")
+            # The 5000-token estimate was corrected to the few tokens really used (the bucket
+            # also refills continuously meanwhile, so the spend is at most the usage).
+            spent = tokens.burst - tokens.available
+            assert -1e-6 <= spent <= done.usage.total_tokens + 1
+            assert done.usage.total_tokens < 100
+            assert key.admitted == 1 and key.in_flight == 0
+            # The key is this credential's fingerprint, never the key itself.
+            assert rk.Secret(KEY).fingerprint in key.key
+            assert KEY not in key.key
+
+
+async def test_limiter_bounds_concurrency(mock: MockProvider) -> None:
+    mock.add_fault("openai", Fault.stall(after_chunks=1, duration=0.2))
+    limits = rk.RateLimits(max_concurrent=2)
+    peak = 0
+    with trio.fail_after(10):
+        async with rk.open_supervisor(supervisor(limited(mock, limits))) as sup:
+
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, sup.limiter("openai").statistics().in_flight)
+                    await trio.sleep(0.01)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                async with trio.open_nursery() as calls:
+                    for _ in range(6):
+                        calls.start_soon(sup.endpoint("openai").complete, HI)
+                nursery.cancel_scope.cancel()
+            assert sup.limiter("openai").statistics().in_flight == 0
+    assert peak == 2
+
+
+async def test_429_pauses_the_key(mock: MockProvider) -> None:
+    mock.add_fault("openai", Fault.rate_limited(retry_after=0.3), times=1)
+    limits = rk.RateLimits(requests_per_minute=6000)
+    with trio.fail_after(5):
+        async with rk.open_supervisor(supervisor(limited(mock, limits))) as sup:
+            start = trio.current_time()
+            done = await sup.endpoint("openai").complete(HI)
+            assert done.attempts == 2
+            assert trio.current_time() - start >= 0.3
+            (key,) = sup.limiter("openai").statistics().keys
+            assert key.pauses == 1
