@@ -29,12 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run the scripted incident demo (no keys, no network beyond this process)",
-        description="Drive traffic through a supervisor while a scripted incident trips and "
-        "recovers a breaker; prints live transitions and a final report.",
+        help="run the scripted incident demo (no keys; everything on 127.0.0.1)",
+        description="Stream completions from a loopback mock provider through a supervisor "
+        "while a scripted incident (503 storm, 429s, recovery) trips and recovers a breaker; "
+        "serves the control plane on a printed URL and prints a live summary and a report.",
     )
     demo.add_argument(
-        "--duration", type=_positive_float, default=8.0, help="seconds to run (default 8)"
+        "--duration", type=_positive_float, default=10.0, help="seconds to run (default 10)"
+    )
+    demo.add_argument(
+        "--redis",
+        metavar="URL",
+        default=None,
+        help="share rate limits through Redis (approximate mode), e.g. redis://127.0.0.1:6379/0",
     )
     demo.add_argument("--seed", type=int, default=1, help="random seed for the load generator")
     demo.add_argument(
@@ -54,7 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._demo import run_demo
 
         try:
-            return run_demo(duration=args.duration, seed=args.seed, concurrency=args.concurrency)
+            return run_demo(
+                duration=args.duration,
+                seed=args.seed,
+                concurrency=args.concurrency,
+                redis_url=args.redis,
+            )
         except KeyboardInterrupt:
             return 130
     from . import _control_cli

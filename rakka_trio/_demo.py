@@ -1,30 +1,47 @@
-"""``rakka-trio demo``: a scripted incident driven through a real supervisor.
+"""``rakka-trio demo``: a scripted incident, end to end, on one machine, with no keys.
 
-A simulated two-endpoint backend (in-process; the loopback HTTP mock provider replaces it once
-the calls layer lands) plays a timeline scaled to ``--duration``: healthy traffic, a 503 storm
-on ``primary`` that trips its breaker, 429s with Retry-After on ``backup`` (which never trip a
-breaker), then recovery, when half-open probes close ``primary`` again. Load-generator tasks
-call through the breakers and fail over to ``backup`` while ``primary`` fails fast. Every
-breaker transition is printed the moment the supervisor emits it, with a final report.
+A loopback mock provider (a real HTTP server on 127.0.0.1) plays a timeline scaled to
+``--duration``: healthy traffic; a 503 storm on ``primary`` (OpenAI-shaped) that trips its
+breaker; 429s with Retry-After on ``backup`` (Anthropic-shaped) that pause its rate-limit key but
+never trip a breaker; then recovery, when half-open probes close ``primary`` again. Request
+loops stream completions through the supervisor and fail over to ``backup`` while ``primary``
+fails fast. The control server runs on a printed URL and token, so ``rakka-trio events`` /
+``force-open`` (or the TUI) can watch and act on the incident live. A live summary is shown
+while it runs, and a final report at the end.
 """
 
 from __future__ import annotations
 
-import random
+import contextlib
+import functools
+import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 import trio
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from ._config import BreakerConfig, EndpointConfig, SupervisorConfig
+from ._config import (
+    BreakerConfig,
+    EndpointConfig,
+    LimiterMode,
+    RateLimits,
+    RetryPolicy,
+    SupervisorConfig,
+)
+from ._control import ControlServer, serve_control
+from ._credentials import StaticCredential
 from ._errors import CircuitOpen, RakkaError, RateLimited, ServerError
 from ._events import BreakerState, Command, Transition
+from ._request import ChatRequest
 from ._supervisor import EndpointStatistics, Supervisor, open_supervisor
+from .testing import Fault, MockProvider, serve_mock_provider
 
-__all__ = ["DemoReport", "run_demo"]
+__all__ = ["DemoReport", "demo_main", "run_demo"]
 
 _STATE_STYLE = {
     BreakerState.CLOSED: "green",
@@ -33,6 +50,14 @@ _STATE_STYLE = {
     BreakerState.FORCED_OPEN: "bold magenta",
     BreakerState.DISABLED: "dim",
 }
+_OUTCOMES = ("ok", "5xx", "429", "circuit_open", "other")
+_DEMO_KEY = "sk-demo-" + "0" * 24  # the mock provider's key; not a real credential
+_REPLY = "Structured concurrency means every request has an owner and an outcome."
+_PROMPTS = ("Summarise the incident.", "Why did the breaker open?", "Is the backup healthy?")
+
+# The incident, as fractions of the run.
+STORM = (0.2, 0.5)  # primary answers 503
+THROTTLE = (0.3, 0.45)  # backup answers some 429s with Retry-After
 
 
 @attrs.frozen(kw_only=True)
@@ -45,98 +70,149 @@ class DemoReport:
     failed: int
     trips: int
     recoveries: int
+    tokens: int
+    control_url: str
 
 
-class _ScriptedBackend:
-    """An in-process provider whose behaviour follows the incident timeline."""
-
-    def __init__(self, duration: float, rng: random.Random) -> None:
-        self.start = trio.current_time()
-        self.duration = duration
-        self.rng = rng
-
-    def phase(self) -> float:
-        return (trio.current_time() - self.start) / self.duration
-
-    async def request(self, endpoint: str) -> str:
-        await trio.sleep(self.rng.uniform(0.005, 0.02))  # network + generation latency
-        p = self.phase()
-        if endpoint == "primary" and 0.2 <= p < 0.5:
-            raise ServerError(
-                "Service Unavailable", provider="openai", endpoint=endpoint, status=503
-            )
-        if endpoint == "backup" and 0.35 <= p < 0.45 and self.rng.random() < 0.3:
-            raise RateLimited(
-                "rate limit reached",
-                provider="anthropic",
-                endpoint=endpoint,
-                status=429,
-                retry_after=0.05,
-            )
-        return "ok"
-
-
-def demo_config(duration: float) -> SupervisorConfig:
-    """Endpoints tuned so the timeline shows a trip, probes and recovery within ``duration``."""
-    open_duration = max(0.05, duration * 0.08)
+def demo_config(
+    duration: float, *, redis_url: str | None, base_urls: Mapping[str, str]
+) -> SupervisorConfig:
+    """Endpoints tuned so the timeline shows a trip, failed probes and recovery."""
+    open_duration = max(0.1, duration * 0.06)
     breaker = BreakerConfig(
         failure_threshold=5,
         failure_rate_threshold=0.5,
         minimum_calls=20,
         open_duration=open_duration,
-        open_duration_max=open_duration * 2,
+        open_duration_max=open_duration * 3,
         half_open_max_probes=2,
         success_threshold=2,
     )
+    # Failing over quickly matters more here than persistence: one quick retry, then move on.
+    retry = RetryPolicy(max_retries=1, initial_backoff=0.02, max_backoff=0.1, max_server_wait=1.0)
+    mode: LimiterMode = "approximate" if redis_url else "local"
+    common = {
+        "model": "demo-model",
+        "credential": StaticCredential(_DEMO_KEY),
+        "breaker": breaker,
+        "retry": retry,
+    }
     return SupervisorConfig(
         endpoints=[
             EndpointConfig(
                 name="primary",
                 provider="openai",
-                base_url="http://127.0.0.1/simulated/openai/v1",
-                breaker=breaker,
+                base_url=base_urls["openai"],
+                limits=RateLimits(
+                    requests_per_minute=60_000, tokens_per_minute=20_000_000, mode=mode
+                ),
+                **common,  # type: ignore[arg-type]
             ),
             EndpointConfig(
                 name="backup",
                 provider="anthropic",
-                base_url="http://127.0.0.1/simulated/anthropic",
-                breaker=breaker,
+                base_url=base_urls["anthropic"],
+                limits=RateLimits(
+                    requests_per_minute=30_000, tokens_per_minute=10_000_000, mode=mode
+                ),
+                **common,  # type: ignore[arg-type]
             ),
         ],
-        stats_interval=max(0.05, duration / 20),
+        redis_url=redis_url,
+        stats_interval=max(0.1, min(1.0, duration / 20)),
     )
 
 
-async def _load(
-    sup: Supervisor,
-    backend: _ScriptedBackend,
-    outcomes: dict[str, Counter[str]],
-    totals: Counter[str],
-    deadline: float,
-) -> None:
-    primary, backup = sup.breaker("primary"), sup.breaker("backup")
+def script_incident(mock: MockProvider, t0: float, duration: float) -> None:
+    """Schedule the storm and the throttling on the mock provider's clock."""
+    mock.add_fault(
+        "openai",
+        Fault.status(503, message="The server is overloaded. Please retry."),
+        start=t0 + STORM[0] * duration,
+        end=t0 + STORM[1] * duration,
+    )
+    mock.add_fault(
+        "anthropic",
+        Fault.rate_limited(retry_after=max(0.05, duration * 0.01)),
+        start=t0 + THROTTLE[0] * duration,
+        end=t0 + THROTTLE[1] * duration,
+        probability=0.3,
+    )
+
+
+class _Tally:
+    """Counters the request loops update and the live view reads."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, Counter[str]] = {"primary": Counter(), "backup": Counter()}
+        self.served = 0
+        self.failed = 0
+        self.tokens = 0
+
+
+async def _request_loop(sup: Supervisor, tally: _Tally, deadline: float, n: int) -> None:
+    request = ChatRequest(messages=[{"role": "user", "content": _PROMPTS[n % len(_PROMPTS)]}])
     while trio.current_time() < deadline:
         served = False
-        for handle in (primary, backup):
+        for name in ("primary", "backup"):
+            counts = tally.outcomes[name]
             try:
-                await handle.call(backend.request, handle.name)
+                async with sup.endpoint(name).stream(request) as chunks:
+                    async for _ in chunks:
+                        pass
             except CircuitOpen:
-                outcomes[handle.name]["circuit_open"] += 1
+                counts["circuit_open"] += 1
                 continue
-            except RateLimited as exc:
-                outcomes[handle.name]["429"] += 1
-                await trio.sleep(exc.retry_after or 0.05)
+            except RateLimited:
+                counts["429"] += 1
                 continue
-            except RakkaError as exc:
-                outcomes[handle.name]["5xx" if isinstance(exc, ServerError) else "error"] += 1
+            except ServerError:
+                counts["5xx"] += 1
                 continue
-            outcomes[handle.name]["ok"] += 1
+            except RakkaError:
+                counts["other"] += 1
+                continue
+            counts["ok"] += 1
+            if chunks.usage is not None:
+                tally.tokens += chunks.usage.total_tokens
             served = True
             break
-        totals["served" if served else "failed"] += 1
+        if served:
+            tally.served += 1
+        else:
+            tally.failed += 1
+            await trio.sleep(0.01)  # both endpoints refused: don't spin
 
 
-async def _print_events(
+def _summary(
+    sup: Supervisor, tally: _Tally, t0: float, duration: float, control: ControlServer | None
+) -> Group:
+    elapsed = min(duration, trio.current_time() - t0)
+    table = Table(expand=False, title=f"t = {elapsed:5.1f}s of {duration:g}s")
+    for column in ("endpoint", "breaker", *_OUTCOMES, "limiter use", "in flight"):
+        table.add_column(column, justify="left" if column in ("endpoint", "breaker") else "right")
+    stats = sup.statistics().endpoints
+    for name, counts in tally.outcomes.items():
+        ep = stats[name]
+        state = ep.breaker.state
+        limiter = ep.limiter
+        table.add_row(
+            name,
+            Text(state.value, style=_STATE_STYLE[state]),
+            *(str(counts.get(k, 0)) for k in _OUTCOMES),
+            f"{limiter.utilisation:.0%}" if limiter is not None else "-",
+            str(limiter.in_flight) if limiter is not None else "-",
+        )
+    lines: list[Table | Text] = [
+        table,
+        Text(f"user requests served {tally.served}, failed {tally.failed}"),
+    ]
+    if control is not None:
+        lines.append(Text(f"control: {control.url}", style="dim"))
+    return Group(*lines)
+
+
+async def _watch(
     sup: Supervisor,
     console: Console,
     log: list[tuple[float, str, str, str, str]],
@@ -152,59 +228,96 @@ async def _print_events(
                 log.append(
                     (t, event.endpoint, event.from_state.value, event.to_state.value, event.cause)
                 )
-                style = _STATE_STYLE[event.to_state]
                 detail = event.cause
                 if event.cause == "failure_threshold":
                     detail += f", {event.consecutive_failures} consecutive failures"
                 elif event.cause == "failure_rate" and event.failure_rate is not None:
                     detail += f", {event.failure_rate:.0%} of {event.calls_in_window} calls"
+                elif event.cause == "forced" and event.reason:
+                    detail += f" by {event.actor}: {event.reason}"
+                style = _STATE_STYLE[event.to_state]
                 console.print(
                     f"[dim]{t:6.2f}s[/] breaker [bold]{event.endpoint}[/]: "
                     f"{event.from_state.value} -> [{style}]{event.to_state.value}[/] ({detail})"
                 )
             elif isinstance(event, Command):
                 console.print(
-                    f"[dim]{event.at - t0:6.2f}s[/] operator {event.actor}: "
-                    f"{event.command} {event.endpoint} ({event.reason})"
+                    f"[dim]{event.at - t0:6.2f}s[/] operator [bold]{event.actor}[/]: "
+                    f"{event.command} {event.endpoint} ({event.reason or 'no reason'})"
                 )
 
 
 async def demo_main(
-    *, duration: float, seed: int, concurrency: int, console: Console
+    *,
+    duration: float,
+    seed: int,
+    concurrency: int,
+    console: Console,
+    redis_url: str | None = None,
+    token: str | None = None,
+    live: bool = True,
+    on_ready: Callable[[Supervisor, ControlServer, str], None] | None = None,
 ) -> DemoReport:
-    """Run the scripted incident for ``duration`` seconds and return what happened."""
-    rng = random.Random(seed)
-    outcomes: dict[str, Counter[str]] = {"primary": Counter(), "backup": Counter()}
-    totals: Counter[str] = Counter()
+    """Run the scripted incident for ``duration`` seconds and return what happened.
+
+    ``on_ready(sup, control_server, token)`` is called once everything is serving (tests and
+    ``--tui`` use it to attach).
+    """
+    token = token or secrets.token_urlsafe(18)
+    tally = _Tally()
     transitions: list[tuple[float, str, str, str, str]] = []
-    console.print(
-        f"[bold]rakka-trio demo[/]: {concurrency} request loops for {duration:g}s; "
-        "a 503 storm hits [bold]primary[/] at 20% and ends at 50%, "
-        "[bold]backup[/] answers some 429s with Retry-After around 40%."
-    )
-    async with open_supervisor(demo_config(duration)) as sup:
-        t0 = trio.current_time()
-        backend = _ScriptedBackend(duration, rng)
-        async with trio.open_nursery() as watchers:
-            await watchers.start(_print_events, sup, console, transitions, t0)
-            async with trio.open_nursery() as load:
-                for _ in range(concurrency):
-                    load.start_soon(_load, sup, backend, outcomes, totals, t0 + duration)
-            # Let the events already emitted reach the printer before stopping it.
-            await trio.sleep(0.01)
-            watchers.cancel_scope.cancel()
-        stats = sup.statistics()
-    trips = sum(s.breaker.trips for s in stats.endpoints.values())
-    recoveries = sum(
-        1 for _, _, frm, to, cause in transitions if to == "closed" and cause == "probe_succeeded"
-    )
+    mock = MockProvider(api_key=_DEMO_KEY, reply=_REPLY, chunks=12, seed=seed)
+    async with trio.open_nursery() as services:
+        await services.start(serve_mock_provider, mock)
+        base_urls = {p: mock.base_url_for(p) for p in ("openai", "anthropic")}
+        cfg = demo_config(duration, redis_url=redis_url, base_urls=base_urls)
+        async with open_supervisor(cfg) as sup:
+            control = await services.start(
+                functools.partial(serve_control, sup, "127.0.0.1", 0, token=token)
+            )
+            console.print(
+                f"[bold]rakka-trio demo[/]: {concurrency} request loops for {duration:g}s against "
+                f"a loopback mock provider at {mock.url}.\n"
+                f"  503 storm on [bold]primary[/] from {STORM[0]:.0%} to {STORM[1]:.0%} "
+                f"of the run; 429s with Retry-After on [bold]backup[/] from "
+                f"{THROTTLE[0]:.0%} to {THROTTLE[1]:.0%}.\n"
+                f"  control server: [bold]{control.url}[/]  token: [bold]{token}[/]\n"
+                f"  try: RAKKA_TOKEN={token} rakka-trio events {control.url}"
+            )
+            t0 = trio.current_time()
+            script_incident(mock, t0, duration)
+            async with trio.open_nursery() as watchers:
+                await watchers.start(_watch, sup, console, transitions, t0)
+                if on_ready is not None:
+                    on_ready(sup, control, token)
+                view = (
+                    Live(console=console, refresh_per_second=4, transient=True)
+                    if live and console.is_terminal
+                    else None
+                )
+                with view if view is not None else contextlib.nullcontext():
+                    async with trio.open_nursery() as load:
+                        for n in range(concurrency):
+                            load.start_soon(_request_loop, sup, tally, t0 + duration, n)
+                        while trio.current_time() < t0 + duration:
+                            if view is not None:
+                                view.update(_summary(sup, tally, t0, duration, control))
+                            await trio.sleep(0.25)
+                await trio.sleep(0.05)  # let the last events reach the printer
+                watchers.cancel_scope.cancel()
+            stats = sup.statistics()
+        services.cancel_scope.cancel()
     report = DemoReport(
-        outcomes={name: dict(c) for name, c in outcomes.items()},
+        outcomes={name: dict(c) for name, c in tally.outcomes.items()},
         transitions=transitions,
-        served=totals["served"],
-        failed=totals["failed"],
-        trips=trips,
-        recoveries=recoveries,
+        served=tally.served,
+        failed=tally.failed,
+        trips=sum(ep.breaker.trips for ep in stats.endpoints.values()),
+        recoveries=sum(
+            1 for *_, to, cause in transitions if to == "closed" and cause == "probe_succeeded"
+        ),
+        tokens=tally.tokens,
+        control_url=control.url,
     )
     _print_report(console, report, stats.endpoints)
     return report
@@ -213,34 +326,55 @@ async def demo_main(
 def _print_report(
     console: Console, report: DemoReport, endpoints: Mapping[str, EndpointStatistics]
 ) -> None:
-    table = Table(title="Outcomes by endpoint")
+    table = Table(title="Final report: what callers saw per endpoint, and the breaker's view")
     table.add_column("endpoint")
-    for column in ("ok", "5xx", "429", "circuit_open", "error"):
+    columns = ("breaker failures", "trips", "429 pauses", "limiter use", "final state")
+    for column in (*_OUTCOMES, *columns):
         table.add_column(column, justify="right")
-    table.add_column("trips", justify="right")
-    table.add_column("final state")
     for name, counts in report.outcomes.items():
-        breaker = endpoints[name].breaker
+        ep = endpoints[name]
+        limiter = ep.limiter
         table.add_row(
             name,
-            *(str(counts.get(c, 0)) for c in ("ok", "5xx", "429", "circuit_open", "error")),
-            str(breaker.trips),
-            f"[{_STATE_STYLE[breaker.state]}]{breaker.state.value}[/]",
+            *(str(counts.get(k, 0)) for k in _OUTCOMES),
+            str(ep.breaker.failures),
+            str(ep.breaker.trips),
+            str(sum(k.pauses for k in limiter.keys)) if limiter is not None else "-",
+            f"{limiter.utilisation:.0%}" if limiter is not None else "-",
+            Text(ep.breaker.state.value, style=_STATE_STYLE[ep.breaker.state]),
         )
     console.print(table)
     total = report.served + report.failed
     console.print(
-        f"user requests: {total} — served {report.served}, failed {report.failed}; "
-        f"breaker trips: {report.trips}, recoveries: {report.recoveries}"
+        f"user requests: {total}: served {report.served}, failed {report.failed} "
+        f"({report.failed / total:.1%}); "
+        if total
+        else "user requests: 0; ",
+        f"breaker trips: {report.trips}, recoveries: {report.recoveries}; "
+        f"tokens streamed: {report.tokens:,}",
+        sep="",
     )
 
 
 def run_demo(
-    *, duration: float = 8.0, seed: int = 1, concurrency: int = 8, console: Console | None = None
+    *,
+    duration: float = 10.0,
+    seed: int = 1,
+    concurrency: int = 8,
+    redis_url: str | None = None,
+    console: Console | None = None,
 ) -> int:
-    """Run the demo in a fresh Trio run; returns the process exit status."""
+    """Run the demo in a fresh Trio run; returns the process exit status (0 when the breaker
+    visibly tripped and recovered)."""
     console = console or Console()
     report = trio.run(
-        lambda: demo_main(duration=duration, seed=seed, concurrency=concurrency, console=console)
+        functools.partial(
+            demo_main,
+            duration=duration,
+            seed=seed,
+            concurrency=concurrency,
+            console=console,
+            redis_url=redis_url,
+        )
     )
     return 0 if report.trips >= 1 and report.recoveries >= 1 else 1
