@@ -302,7 +302,10 @@ class SharedKey(Key):
             self.sync_wanted.set()
 
     def effective_burst(self, d: int) -> float:
-        """The burst of ``d`` after adaptive lowering."""
+        """The burst of ``d``: configured, or at most the provider's lower limit (one minute's
+        worth of it) once headers lowered the limit."""
+        if self.effective[d] >= self.spec.limits[d]:
+            return float(self.spec.bursts[d])
         return float(min(self.spec.bursts[d], self.effective[d]))
 
     def _bursts(self) -> list[float]:

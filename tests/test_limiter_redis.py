@@ -1,0 +1,310 @@
+"""Shared rate limits on a real redis-server (approximate and strict modes, failures).
+
+Real sockets, so the real clock: every wait is bounded with ``trio.fail_after`` and limits are
+chosen so the assertions hold with generous timing slack. Each test uses its own model family,
+so tests sharing the session's server never share a key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import coredis
+import pytest
+import trio
+import trio.testing
+
+import rakka_trio as rk
+from tests.conftest import RedisServer, _free_port
+
+pytestmark = pytest.mark.trio
+
+KEY = rk.StaticCredential("sk-test-redis-shared-0123456789")
+_families = itertools.count()
+
+
+def family() -> str:
+    return f"test-family-{time.time_ns()}-{next(_families)}"
+
+
+def config(url: str, node: str, model: str, **limits: Any) -> rk.SupervisorConfig:
+    limits.setdefault("mode", "approximate")
+    limits.setdefault("sync_interval", 0.2)
+    limits.setdefault("node_ttl", 1.0)
+    return rk.SupervisorConfig(
+        redis_url=url,
+        node_id=node,
+        redis_timeout=0.2,
+        endpoints=[
+            rk.EndpointConfig(
+                name="ep",
+                provider="openai",
+                base_url="http://127.0.0.1:9/v1",
+                model=model,
+                credential=KEY,
+                limits=rk.RateLimits(**limits),
+            )
+        ],
+    )
+
+
+@asynccontextmanager
+async def nodes(url: str, count: int, **limits: Any) -> AsyncIterator[list[rk.Supervisor]]:
+    """``count`` supervisors sharing one key through ``url`` (each one a fleet node)."""
+    model = limits.pop("model", None) or family()
+    async with AsyncExitStack() as stack:
+        sups = [
+            await stack.enter_async_context(
+                rk.open_supervisor(config(url, f"node-{i}", model, **limits))
+            )
+            for i in range(count)
+        ]
+        yield sups
+
+
+async def next_event(events: rk.Subscription, kind: type[rk.Event], within: float) -> Any:
+    with trio.fail_after(within):
+        async for event in events:
+            if isinstance(event, kind):
+                return event
+    raise AssertionError(f"no {kind.__name__}")
+
+
+async def offer(h: rk.LimiterHandle, seconds: float, *, every: float = 0.005) -> int:
+    """Offer one request every ``every`` seconds for ``seconds``; return how many got in."""
+    admitted = 0
+    end = trio.current_time() + seconds
+    while trio.current_time() < end:
+        if h.try_acquire() == 0.0:
+            admitted += 1
+        await trio.sleep(every)
+    return admitted
+
+
+async def test_approximate_nodes_share_one_budget(redis_server: RedisServer) -> None:
+    # 600/min = 10/s with a burst of 20: two hungry nodes together get 20 + 10/s, never more.
+    async with nodes(redis_server.url, 2, requests_per_minute=600, requests_burst=20) as sups:
+        a, b = (s.limiter("ep") for s in sups)
+        assert a.key() == b.key()
+        start = trio.current_time()
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                counts: list[int] = []
+
+                async def run(h: rk.LimiterHandle) -> None:
+                    counts.append(await offer(h, 2.0))
+
+                n.start_soon(run, a)
+                n.start_soon(run, b)
+        elapsed = trio.current_time() - start
+        allowance = 20 + 10 * elapsed
+        assert sum(counts) <= allowance
+        assert sum(counts) >= 0.75 * allowance
+        assert all(c > 0 for c in counts)
+        stats = a.statistics()
+        assert stats.mode == "approximate" and stats.redis_healthy is True
+        assert stats.keys[0].members == 2
+
+
+async def test_approximate_steady_load_needs_few_round_trips(redis_server: RedisServer) -> None:
+    limits = {"requests_per_minute": 60_000, "sync_interval": 1.0, "node_ttl": 5.0}
+    async with nodes(redis_server.url, 1, **limits) as sups:
+        h = sups[0].limiter("ep")
+        with trio.fail_after(10):
+            await offer(h, 0.5, every=0.004)  # warm up: the lease size follows demand
+            key = h.statistics().keys[0]
+            trips, admitted = key.redis_round_trips, key.admitted
+            await offer(h, 1.5, every=0.004)
+        key = h.statistics().keys[0]
+        per_100 = 100 * (key.redis_round_trips - trips) / (key.admitted - admitted)
+        assert key.admitted - admitted > 250
+        assert per_100 <= 5  # P9: the hot path never awaits Redis; leases are batched
+
+
+async def test_a_leaving_node_returns_its_escrow(redis_server: RedisServer) -> None:
+    model = family()
+    limits = {"requests_per_minute": 6, "requests_burst": 20, "model": model}
+    with trio.fail_after(10):
+        async with nodes(redis_server.url, 1, **limits) as first:
+            h = first[0].limiter("ep")
+            got_first = 0
+            for _ in range(8):  # brisk demand: the lease grows past what is spent
+                await h.acquire()
+                got_first += 1
+                await trio.sleep(0.02)
+            await trio.sleep(0.1)
+            escrow = h.statistics().keys[0].limits[0].available
+        # The node left: what it leased and did not spend went back to the shared bucket.
+        async with nodes(redis_server.url, 1, **limits) as second:
+            got_second = await offer(second[0].limiter("ep"), 0.5, every=0.02)
+    assert escrow > 0
+    assert got_first + got_second >= 19  # the whole burst was usable (refill: 0.1/s)
+    assert got_first + got_second <= 21
+
+
+async def test_strict_is_exact_and_all_or_nothing(redis_server: RedisServer) -> None:
+    limits = {
+        "mode": "strict",
+        "requests_per_minute": 60,
+        "requests_burst": 3,
+        "tokens_per_minute": 100,
+    }
+    async with nodes(redis_server.url, 2, **limits) as sups:
+        a, b = (s.limiter("ep") for s in sups)
+        with pytest.raises(TypeError, match="strict"):
+            a.try_acquire()
+        with trio.fail_after(5):
+            await a.acquire(rk.Cost(input_tokens=80))
+            with pytest.raises(rk.RateLimitExceeded) as info:
+                await b.acquire(rk.Cost(input_tokens=80), max_wait=0)  # tokens short
+            assert info.value.wait == pytest.approx(36.0, abs=1.0)  # 60 tokens at 100/min
+            await b.acquire(rk.Cost(input_tokens=20))
+            await a.acquire(rk.Cost())  # the refused call took no request: one is left
+            with pytest.raises(rk.RateLimitExceeded):
+                await b.acquire(rk.Cost(), max_wait=0)
+        assert a.statistics().keys[0].redis_round_trips >= 2
+
+
+async def test_strict_settlements_and_waiting(redis_server: RedisServer) -> None:
+    limits = {"mode": "strict", "tokens_per_minute": 6000, "tokens_burst": 100}
+    async with nodes(redis_server.url, 2, **limits) as sups:
+        a, b = (s.limiter("ep") for s in sups)
+        with trio.fail_after(5):
+            r = await a.reserve(rk.Cost(input_tokens=100))
+            r.settle(rk.Cost(input_tokens=10))  # 90 refunded through the background sync
+            start = trio.current_time()
+            await b.acquire(rk.Cost(input_tokens=80))
+            assert trio.current_time() - start < 0.5
+            # Now short: waits for the refill (100 tokens/s) instead of failing.
+            start = trio.current_time()
+            await b.acquire(rk.Cost(input_tokens=50))
+            assert 0.2 <= trio.current_time() - start < 1.5
+
+
+async def test_strict_concurrency_spans_nodes_and_dead_nodes_are_reclaimed(
+    redis_server: RedisServer,
+) -> None:
+    model = family()
+    limits = {"mode": "strict", "max_concurrent": 2, "model": model, "node_ttl": 1.0}
+    async with nodes(redis_server.url, 2, **limits) as sups:
+        a, b = (s.limiter("ep") for s in sups)
+        with trio.fail_after(10):
+            r1 = await a.reserve()
+            r2 = await a.reserve()
+            with pytest.raises(rk.RateLimitExceeded):
+                await b.reserve(max_wait=0.3)
+            r1.release()
+            r3 = await b.reserve(max_wait=2.0)  # a's release reached Redis
+            r2.release()
+            r3.release()
+
+            # A node that died holding permits: registered, then silent.
+            client: coredis.Redis[bytes] = coredis.Redis.from_url(redis_server.url)
+            async with client:
+                label = a.key()
+                base = f"rakka:rl:{{{label}}}"
+                now_ms = int(time.time() * 1000)
+                await client.zadd(f"{base}:n", {"dead-node": now_ms + 700})
+                await client.hset(f"{base}:c", {"dead-node": 2})
+                await client.hincrby(f"{base}:s", "cu", 2)
+            start = trio.current_time()
+            r4 = await b.reserve(max_wait=5.0)
+            assert trio.current_time() - start >= 0.3  # not before the dead node expired
+            r4.release()
+
+
+async def test_a_429_pauses_every_node(redis_server: RedisServer) -> None:
+    async with nodes(redis_server.url, 2, requests_per_minute=6000) as sups:
+        a, b = (s.limiter("ep") for s in sups)
+        async with sups[1].subscribe(stats=False) as events:
+            with trio.fail_after(5):
+                await offer(b, 0.2)
+                a.observe_rate_limited(2.0)
+                paused = await next_event(events, rk.LimiterPaused, 2.0)
+            assert paused.cause == "shared" and paused.endpoint is None
+            assert b.statistics().paused
+            assert b.try_acquire() > 1.0
+
+
+@pytest.mark.parametrize("mode", ["approximate", "strict"])
+async def test_failure_policies_without_redis(mode: str) -> None:
+    url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    base = {"mode": mode, "requests_per_minute": 600, "requests_burst": 10}
+    with trio.fail_after(10):
+        async with nodes(url, 1, redis_failure_policy="fail_closed", **base) as (sup,):
+            h = sup.limiter("ep")
+            async with sup.subscribe(stats=False) as events:
+                with pytest.raises(rk.LimiterUnavailable, match="fail_closed"):
+                    while True:  # approximate: refused once the first lease has failed
+                        await h.acquire(max_wait=1.0)
+                event = await next_event(events, rk.LimiterFallback, 1.0)
+                assert event.active and event.error
+            stats = h.statistics()
+            assert stats.fallback and stats.redis_healthy is False
+
+        async with nodes(url, 1, redis_failure_policy="fail_open", **base) as (sup,):
+            h = sup.limiter("ep")
+            for _ in range(50):  # no limits at all
+                await h.acquire(max_wait=1.0)
+
+        async with nodes(url, 1, redis_failure_policy="local_fallback", **base) as (sup,):
+            h = sup.limiter("ep")
+            start = trio.current_time()
+            for _ in range(5):  # this node's share: 10/s, starting empty
+                await h.acquire()
+            elapsed = trio.current_time() - start
+            assert 0.3 <= elapsed <= 2.0
+
+
+async def test_redis_killed_and_restarted(private_redis: RedisServer) -> None:
+    """Approximate keeps serving (escrow, then its share) and re-converges; strict fails closed
+    with a clear error while Redis is away and recovers when it is back."""
+    url = private_redis.url
+    approx = {"requests_per_minute": 6000, "redis_failure_policy": "local_fallback"}
+    strict = {"mode": "strict", "requests_per_minute": 6000, "redis_failure_policy": "fail_closed"}
+    with trio.fail_after(25):
+        async with (
+            nodes(url, 2, **approx) as approx_nodes,
+            nodes(url, 1, **strict) as (strict_node,),
+            approx_nodes[0].subscribe(stats=False) as events,
+        ):
+            a, b = (s.limiter("ep") for s in approx_nodes)
+            s = strict_node.limiter("ep")
+            assert await offer(a, 0.3) > 0
+            await s.acquire(max_wait=1.0)
+
+            private_redis.kill()
+            # Approximate: still serving from escrow and then from this node's share.
+            served = await offer(a, 1.0)
+            assert served > 0
+            fallback = await next_event(events, rk.LimiterFallback, 2.0)
+            assert fallback.active
+            assert a.statistics().fallback
+            # Strict, fail_closed: a clear, typed refusal (after at most the Redis timeout).
+            with pytest.raises(rk.LimiterUnavailable, match="Redis unreachable"):
+                for _ in range(3):
+                    await s.acquire(max_wait=1.0)
+
+            private_redis.start()  # empty: every key was lost
+            back = await next_event(events, rk.LimiterFallback, 5.0)
+            assert not back.active
+            lost = await next_event(events, rk.LimiterStateLost, 5.0)
+            assert lost.key == a.key()
+            # Re-converged: shared again, within budget, and strict admits again.
+            assert await offer(a, 0.5) > 0
+            assert await offer(b, 0.5) > 0
+            assert not a.statistics().fallback
+            with trio.fail_after(3):
+                while True:
+                    try:
+                        await s.acquire(max_wait=1.0)
+                        break
+                    except rk.LimiterUnavailable:
+                        await trio.sleep(0.1)  # until its probe saw Redis back
+            assert a.statistics().keys[0].state_resets >= 1
+            assert not math.isnan(a.statistics().utilisation)
