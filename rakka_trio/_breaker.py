@@ -75,6 +75,19 @@ class BreakerStatistics:
     forced_by: str | None
 
 
+def check_duration(duration: float | None) -> None:
+    """Raise :class:`ValueError` unless ``duration`` is ``None`` or a positive, finite number
+    of seconds (the operator commands' "for how long")."""
+    if duration is None:
+        return
+    if (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not 0 < duration < math.inf
+    ):
+        raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
+
+
 def _outcome_of(exc: BaseException | None, count_unknown: bool) -> int:
     """Does this exception count against the endpoint? Cancellation never does."""
     if exc is None:
@@ -350,11 +363,8 @@ class BreakerHandle:
         return self._clock() - start if self._config.slow_call_duration is not None else None
 
     def _until(self, duration: float | None) -> float:
-        if duration is None:
-            return math.inf
-        if isinstance(duration, bool) or not isinstance(duration, int | float) or not duration > 0:
-            raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
-        return self._clock() + duration
+        check_duration(duration)
+        return math.inf if duration is None else self._clock() + duration
 
     def _acquire(self) -> int:
         """Admit one call or raise CircuitOpen; return the call's token."""

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._breaker import BreakerHandle, BreakerStatistics
+from ._breaker import BreakerHandle, BreakerStatistics, check_duration
 from ._config import EndpointConfig, SupervisorConfig
 from ._endpoint import Endpoint
 from ._errors import ConfigError, SupervisorError, UnknownEndpoint
@@ -193,6 +193,7 @@ class Supervisor:
         :class:`Transition` are published.
         """
         handle = self.breaker(name)
+        check_duration(duration)  # refuse before the audit trail records a command
         self._audit(name, "force_open", actor, reason, duration)
         handle.force_open(duration, reason=reason, actor=actor)
 
@@ -213,6 +214,7 @@ class Supervisor:
         """Bypass ``name``'s breaker (always pass, keep counting) for ``duration`` s or until
         reset."""
         handle = self.breaker(name)
+        check_duration(duration)
         self._audit(name, "disable", actor, reason, duration)
         handle.disable(duration, reason=reason, actor=actor)
 

@@ -360,3 +360,17 @@ async def test_thousand_endpoints(mock_clock: trio.testing.MockClock) -> None:
                 timers.append(event)
         assert len(timers) == 100
         assert {t.at for t in timers} == {5.0}
+
+
+async def test_bad_command_duration_is_refused_before_auditing(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with rk.open_supervisor(config()) as sup, sup.subscribe(stats=False) as events:
+        for bad in (-1, 0, float("inf"), float("nan"), True):
+            with pytest.raises(ValueError, match="positive number of seconds"):
+                sup.force_open("primary", bad)
+            with pytest.raises(ValueError):
+                sup.disable("primary", bad)
+        with pytest.raises(trio.WouldBlock):
+            events.receive_nowait()  # no audit record of a command that never happened
+        assert sup.breaker("primary").state is S.CLOSED
