@@ -24,6 +24,7 @@ from ._credentials import (
     Secret,
     StaticCredential,
 )
+from ._endpoint import ChunkStream
 from ._errors import (
     Backpressure,
     BadRequest,
@@ -64,7 +65,9 @@ from ._events import (
     TaskRestarted,
     Transition,
 )
+from ._request import ChatRequest, Completion, ToolCall
 from ._retry import Retrier, RetryBudget, RetryDecision
+from ._session import Session, SessionStatistics
 from ._supervisor import (
     Endpoint,
     EndpointStatistics,
@@ -89,8 +92,11 @@ __all__ = [
     "BreakerStatistics",
     "BudgetExceeded",
     "CallableCredential",
+    "ChatRequest",
+    "ChunkStream",
     "CircuitOpen",
     "Command",
+    "Completion",
     "ConfigError",
     "ContentFiltered",
     "ContextLengthExceeded",
@@ -122,6 +128,8 @@ __all__ = [
     "RetryPolicy",
     "Secret",
     "ServerError",
+    "Session",
+    "SessionStatistics",
     "StaticCredential",
     "Stats",
     "StreamError",
@@ -134,6 +142,7 @@ __all__ = [
     "TaskRestarted",
     "Timeout",
     "Timeouts",
+    "ToolCall",
     "Transition",
     "Unauthorized",
     "UnknownEndpoint",
