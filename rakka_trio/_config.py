@@ -22,8 +22,11 @@ from ._errors import ConfigError
 
 __all__ = [
     "BreakerConfig",
+    "BudgetConfig",
     "DeploymentConfig",
     "EndpointConfig",
+    "EngineConfig",
+    "ModelPrice",
     "RateLimits",
     "RetryPolicy",
     "SupervisorConfig",
@@ -36,6 +39,8 @@ Jitter = Literal["none", "full", "equal", "decorrelated"]
 LimiterMode = Literal["local", "approximate", "strict"]
 RedisFailurePolicy = Literal["fail_open", "fail_closed", "local_fallback"]
 WindowType = Literal["count", "time"]
+CapacityPolicy = Literal["reject", "queue", "fallback"]
+BudgetAction = Literal["reject", "warn", "throttle"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
@@ -324,6 +329,96 @@ class Timeouts:
 
 
 @attrs.frozen(kw_only=True)
+class EngineConfig:
+    """The queued engine path of one endpoint (``endpoint.submit``, deployments; DESIGN §4.7).
+
+    A bounded priority queue of at most ``queue_size`` waiting requests feeds up to
+    ``max_concurrent`` workers (default: ``limits.max_concurrent`` when set, else 64; workers
+    start on demand and leave after ``idle_timeout`` idle seconds). ``on_full`` says what a
+    request meets when every worker is busy and the queue is full: ``reject`` raises
+    :class:`~rakka_trio.Backpressure`, ``queue`` waits up to ``queue_timeout`` seconds for room
+    (then ``Backpressure``), ``fallback`` moves on to the next endpoint of a deployment's chain
+    (``Backpressure`` when there is none). ``stream_buffer`` bounds the chunks a worker may run
+    ahead of a slow reader.
+    """
+
+    max_concurrent: int | None = attrs.field(
+        default=None, validator=_number(ge=1, integer=True, optional=True)
+    )
+    queue_size: int = attrs.field(default=1000, validator=_number(ge=0, integer=True))
+    on_full: CapacityPolicy = attrs.field(
+        default="fallback", validator=_choice("reject", "queue", "fallback")
+    )
+    queue_timeout: float = attrs.field(default=30.0, validator=_number(gt=0))
+    stream_buffer: int = attrs.field(default=64, validator=_number(ge=1, integer=True))
+    idle_timeout: float = attrs.field(default=60.0, validator=_number(gt=0))
+
+
+@attrs.frozen(kw_only=True)
+class ModelPrice:
+    """A model's price in USD per million tokens.
+
+    ``input`` and ``output`` are the list prices; ``cached_input`` is the price of input tokens
+    served from a prompt cache and ``cache_write`` of those written to it (Anthropic); both
+    default to ``input``. Reasoning tokens are billed as output.
+    """
+
+    input: float = attrs.field(validator=_number(ge=0))
+    output: float = attrs.field(validator=_number(ge=0))
+    cached_input: float | None = attrs.field(default=None, validator=_number(ge=0, optional=True))
+    cache_write: float | None = attrs.field(default=None, validator=_number(ge=0, optional=True))
+
+
+def _prices(value: Any) -> dict[str, ModelPrice]:
+    """Accept ``{model: ModelPrice | {input, output, ...}}`` (as written in TOML)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError([("$", f"must be a table of model names, got {type(value).__name__}")])
+    out: dict[str, ModelPrice] = {}
+    errors: list[tuple[str, str]] = []
+    for model, price in value.items():
+        if not isinstance(model, str) or not model:
+            errors.append(("$", f"model names must be non-empty strings, got {model!r}"))
+            continue
+        if isinstance(price, ModelPrice):
+            out[model] = price
+        elif isinstance(price, Mapping):
+            fields = attrs.fields_dict(ModelPrice)
+            unknown = [k for k in price if k not in fields]
+            missing = [k for k in ("input", "output") if k not in price]
+            errors.extend((f"{model}.{k}", "unknown field") for k in unknown)
+            errors.extend((f"{model}.{k}", "is required") for k in missing)
+            if not unknown and not missing:
+                try:
+                    out[model] = ModelPrice(**price)
+                except ConfigError as exc:
+                    errors.extend((f"{model}.{path}", msg) for path, msg in exc.errors)
+        else:
+            errors.append((model, f"must be a price table, got {type(price).__name__}"))
+    if errors:
+        raise ConfigError(errors)
+    return out
+
+
+@attrs.frozen(kw_only=True)
+class BudgetConfig:
+    """Spend limits of one endpoint in USD over a rolling ``hourly`` and ``daily`` window.
+
+    Spend is priced from the reported token usage (see ``prices``). When a limit is reached,
+    ``on_exceeded`` decides: ``reject`` refuses new calls with
+    :class:`~rakka_trio.BudgetExceeded` (a deployment falls back to its next endpoint),
+    ``warn`` only publishes a :class:`~rakka_trio.BudgetAlert` event, ``throttle`` halves the
+    endpoint's engine concurrency. Every action publishes the alert when the limit is crossed
+    and again when spend falls back below it.
+    """
+
+    hourly: float | None = attrs.field(default=None, validator=_number(gt=0, optional=True))
+    daily: float | None = attrs.field(default=None, validator=_number(gt=0, optional=True))
+    on_exceeded: BudgetAction = attrs.field(
+        default="reject", validator=_choice("reject", "warn", "throttle")
+    )
+
+
+@attrs.frozen(kw_only=True)
 class EndpointConfig:
     """One provider endpoint: where it is, how to authenticate, and its resilience rules."""
 
@@ -346,14 +441,35 @@ class EndpointConfig:
         factory=RateLimits, validator=_instance(RateLimits, "a RateLimits")
     )
     timeouts: Timeouts = attrs.field(factory=Timeouts, validator=_instance(Timeouts, "a Timeouts"))
+    # The engine path (DESIGN §4.7): queue and workers, spend budget, prices of this
+    # endpoint's models (over SupervisorConfig.prices and the built-in defaults), and the
+    # model's context window in tokens (a request estimated larger is sent down the chain).
+    engine: EngineConfig = attrs.field(
+        factory=EngineConfig, validator=_instance(EngineConfig, "an EngineConfig")
+    )
+    budget: BudgetConfig = attrs.field(
+        factory=BudgetConfig, validator=_instance(BudgetConfig, "a BudgetConfig")
+    )
+    prices: Mapping[str, ModelPrice] = attrs.field(factory=dict, converter=_prices)
+    context_window: int | None = attrs.field(
+        default=None, validator=_number(ge=1, integer=True, optional=True)
+    )
 
 
 @attrs.frozen(kw_only=True)
 class DeploymentConfig:
-    """A named fallback chain: requests try ``endpoints`` in order (DESIGN §4.7)."""
+    """A named fallback chain: requests try ``endpoints`` in order (DESIGN §4.7).
+
+    ``timeout`` is the default deadline in seconds of a request through the deployment
+    (queueing, fallbacks and waiting included). With ``wait_for_recovery``, a request that
+    finds every endpoint's breaker open waits for the first one to recover instead of failing
+    (never past its deadline).
+    """
 
     name: str = attrs.field(validator=_name)
     endpoints: list[str] = attrs.field(converter=_as_list, validator=_str_items)
+    timeout: float | None = attrs.field(default=None, validator=_number(gt=0, optional=True))
+    wait_for_recovery: bool = attrs.field(default=False, validator=_bool)
 
     def __attrs_post_init__(self) -> None:
         if not self.endpoints:
@@ -380,7 +496,8 @@ class SupervisorConfig:
     loses the oldest events and gets a ``Lagged`` marker). A crashed supervised task restarts
     with backoff (``restart_backoff`` doubling to ``restart_backoff_max``) unless it crashed
     more than ``restart_intensity`` times within ``restart_period`` seconds, which fails the
-    supervisor. ``stats_interval`` paces the ``Stats`` events.
+    supervisor. ``stats_interval`` paces the ``Stats`` events. ``prices`` overrides the
+    built-in per-model price defaults for every endpoint (see docs/engine.md).
     """
 
     endpoints: list[EndpointConfig] = attrs.field(factory=list, converter=_as_list)
@@ -396,6 +513,7 @@ class SupervisorConfig:
     restart_backoff: float = attrs.field(default=0.1, validator=_number(ge=0))
     restart_backoff_max: float = attrs.field(default=5.0, validator=_number(ge=0))
     stats_interval: float = attrs.field(default=1.0, validator=_number(gt=0))
+    prices: Mapping[str, ModelPrice] = attrs.field(factory=dict, converter=_prices)
 
     def __attrs_post_init__(self) -> None:
         errors: list[tuple[str, str]] = []

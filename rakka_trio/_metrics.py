@@ -1,0 +1,572 @@
+"""Per-endpoint metrics: requests by outcome, latency percentiles, tokens, cost, gauges.
+
+Every call on an endpoint — plain ``Endpoint.stream``/``complete`` and the engine path — goes
+through the endpoint's :class:`EndpointMeter`: ``begin`` (which also enforces a ``reject``
+budget), ``first_chunk`` and ``end``. Requests turned away before a call (backpressure, a
+deadline spent in the queue, a caller who left while queued) are counted by the engine with
+:meth:`EndpointMeter.count`, so each request is counted once per endpoint it reached.
+
+Latencies are kept twice, both in constant memory: a ring of the most recent samples gives the
+p50/p95/p99 reported in statistics (recent behaviour, exact over the ring), and cumulative
+fixed buckets feed the Prometheus histograms. :func:`prometheus_text` renders every figure in
+the Prometheus text exposition format (0.0.4).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from array import array
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ._chunks import Usage
+from ._cost import BudgetStatistics, CostTracker
+from ._errors import (
+    Backpressure,
+    BudgetExceeded,
+    CircuitOpen,
+    ContentFiltered,
+    NetworkError,
+    ProviderError,
+    QuotaExhausted,
+    RakkaError,
+    RateLimited,
+    RateLimitExceeded,
+    ServerError,
+    StreamError,
+    Timeout,
+)
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "OUTCOMES",
+    "CallRecord",
+    "DeploymentMeter",
+    "DeploymentStatistics",
+    "EndpointMeter",
+    "EndpointMetrics",
+    "Latency",
+    "LatencySummary",
+    "TokenTotals",
+    "outcome_of",
+    "prometheus_text",
+]
+
+#: Request outcome labels, in exposition order. ``429`` covers provider rate limits, quota
+#: errors and our own limiter refusing; ``4xx`` other client errors; ``network`` connection
+#: and stream breakage; ``cancelled`` a caller that stopped reading or was cancelled.
+OUTCOMES = (
+    "ok",
+    "429",
+    "5xx",
+    "timeout",
+    "filtered",
+    "circuit_open",
+    "backpressure",
+    "budget",
+    "network",
+    "4xx",
+    "cancelled",
+    "error",
+)
+
+#: Upper bounds (seconds) of the cumulative latency histogram buckets (``+Inf`` implied).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+_RECENT = 512  # samples behind the reported percentiles
+_NO_BUCKETS = (0,) * (len(LATENCY_BUCKETS) + 1)
+
+
+def outcome_of(exc: BaseException | None, finish_reason: str | None = None) -> str:
+    """The outcome label (one of :data:`OUTCOMES`) of a call that ended with ``exc``."""
+    if exc is None:
+        return "filtered" if finish_reason == "content_filter" else "ok"
+    if isinstance(exc, RateLimited | QuotaExhausted | RateLimitExceeded):
+        return "429"
+    if isinstance(exc, ServerError):
+        return "5xx"
+    if isinstance(exc, Timeout):
+        return "timeout"
+    if isinstance(exc, ContentFiltered):
+        return "filtered"
+    if isinstance(exc, CircuitOpen):
+        return "circuit_open"
+    if isinstance(exc, Backpressure):
+        return "backpressure"
+    if isinstance(exc, BudgetExceeded):
+        return "budget"
+    if isinstance(exc, NetworkError | StreamError):
+        return "network"
+    if isinstance(exc, ProviderError):
+        return "4xx"
+    if isinstance(exc, RakkaError):
+        return "error"
+    # Cancellation, a closed handle, or the caller's own exception: the caller left.
+    return "cancelled"
+
+
+@attrs.frozen(kw_only=True)
+class LatencySummary:
+    """Latency of one kind: ``count`` and ``total`` (seconds) since start, the p50, p95 and
+    p99 of the most recent samples (``None`` before the first), and ``buckets``: cumulative
+    counts at or below each bound of :data:`LATENCY_BUCKETS`, then the total (``+Inf``)."""
+
+    count: int
+    total: float
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    buckets: tuple[int, ...] = ()
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    # Nearest rank: the smallest sample with at least q of the samples at or below it.
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+class Latency:
+    """Recent samples in a ring (percentiles) plus cumulative buckets (histogram)."""
+
+    __slots__ = ("_next", "_ring", "buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self._ring: array[float] | None = None  # allocated on the first sample
+        self._next = 0
+        self.count = 0
+        self.total = 0.0
+        self.buckets: list[int] | None = None  # per-bucket (not cumulative) counts, +Inf last
+
+    def record(self, seconds: float) -> None:
+        """Add one sample (seconds)."""
+        ring = self._ring
+        if ring is None or self.buckets is None:
+            ring = self._ring = array("d")
+            self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        if len(ring) < _RECENT:
+            ring.append(seconds)
+        else:
+            ring[self._next] = seconds
+            self._next = (self._next + 1) % _RECENT
+        self.count += 1
+        self.total += seconds
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def summary(self) -> LatencySummary:
+        """Count, total and recent percentiles."""
+        buckets = tuple(itertools.accumulate(self.buckets or _NO_BUCKETS))
+        if not self._ring:
+            return LatencySummary(
+                count=self.count, total=self.total, p50=None, p95=None, p99=None, buckets=buckets
+            )
+        ordered = sorted(self._ring)
+        return LatencySummary(
+            count=self.count,
+            total=self.total,
+            p50=_quantile(ordered, 0.50),
+            p95=_quantile(ordered, 0.95),
+            p99=_quantile(ordered, 0.99),
+            buckets=buckets,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class TokenTotals:
+    """Tokens reported by the provider since start (cached and reasoning are parts of input
+    and output)."""
+
+    input: int
+    output: int
+    cached: int
+    reasoning: int
+
+
+@attrs.frozen(kw_only=True)
+class EndpointMetrics:
+    """A snapshot of one endpoint's metrics (``EndpointStatistics.metrics``).
+
+    ``requests`` counts requests by outcome (every label of :data:`OUTCOMES`). ``ttft`` is the
+    time from the call's start to its first chunk, ``latency`` the whole call (calls that
+    completed), ``queue_wait`` the time requests spent in the engine queue. ``cost`` is USD
+    since start and ``budget`` the rolling spend. ``queue_depth`` counts waiting requests,
+    ``busy_workers`` requests being served by the engine, ``in_flight`` every call in progress
+    (engine and plain calls), ``max_concurrent`` the engine's current worker limit (halved
+    while a ``throttle`` budget is exceeded). ``limiter_utilization`` is the rate limiter's
+    highest utilisation (0..1) and ``breaker_state`` the breaker's state.
+    """
+
+    endpoint: str
+    requests: Mapping[str, int]
+    ttft: LatencySummary
+    latency: LatencySummary
+    queue_wait: LatencySummary
+    tokens: TokenTotals
+    cost: float
+    budget: BudgetStatistics
+    queue_depth: int
+    busy_workers: int
+    workers: int
+    max_concurrent: int
+    in_flight: int
+    limiter_utilization: float | None
+    breaker_state: str
+
+
+class CallRecord:
+    """One call being measured (from :meth:`EndpointMeter.begin`)."""
+
+    __slots__ = ("_first", "_meter", "_model", "_start")
+
+    def __init__(self, meter: EndpointMeter, model: str | None, start: float) -> None:
+        self._meter = meter
+        self._model = model
+        self._start = start
+        self._first = False
+
+    def first_chunk(self) -> None:
+        """The first chunk is ready: record the time to first token (once per call, however
+        many attempts produced one)."""
+        if not self._first:
+            self._first = True
+            self._meter.ttft.record(trio.current_time() - self._start)
+
+    def end(
+        self,
+        exc: BaseException | None,
+        usage: Usage | None = None,
+        finish_reason: str | None = None,
+        *,
+        complete: bool = True,
+    ) -> None:
+        """The call ended with ``exc`` (``None``: normally). ``complete`` is false when the
+        caller stopped before the end of the output (an early exit counts as ``cancelled``)."""
+        meter = self._meter
+        meter.in_flight -= 1
+        if exc is None and not complete:
+            label = "cancelled"
+        elif exc is not None and complete and not isinstance(exc, RakkaError):
+            # Everything was delivered; the caller's own exception afterwards is not the call's.
+            label = outcome_of(None, finish_reason)
+        else:
+            label = outcome_of(exc, finish_reason)
+        meter.requests[label] += 1
+        if label in ("ok", "filtered"):
+            meter.latency.record(trio.current_time() - self._start)
+        if usage is not None:
+            meter.add_usage(self._model, usage)
+
+
+class EndpointMeter:
+    """The metrics and spend of one endpoint; the hook its calls report to."""
+
+    __slots__ = (
+        "cost",
+        "endpoint",
+        "in_flight",
+        "latency",
+        "queue_wait",
+        "requests",
+        "tokens",
+        "ttft",
+    )
+
+    def __init__(self, endpoint: str, cost: CostTracker) -> None:
+        self.endpoint = endpoint
+        self.cost = cost
+        self.requests: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.ttft = Latency()
+        self.latency = Latency()
+        self.queue_wait = Latency()
+        self.tokens = [0, 0, 0, 0]  # input, output, cached, reasoning
+        self.in_flight = 0
+
+    def begin(self, model: str | None) -> CallRecord:
+        """Start measuring a call on ``model``. Raises :class:`BudgetExceeded` (counted) when
+        the endpoint's ``reject`` budget is exhausted."""
+        try:
+            self.cost.check()
+        except BudgetExceeded:
+            self.requests["budget"] += 1
+            raise
+        self.in_flight += 1
+        return CallRecord(self, model, trio.current_time())
+
+    def count(self, label: str) -> None:
+        """Count a request that ended before any call (``backpressure``, ``timeout``,
+        ``cancelled``, ``budget``, ``circuit_open`` ...)."""
+        self.requests[label] += 1
+
+    def add_usage(self, model: str | None, usage: Usage) -> None:
+        """Add reported tokens and their cost."""
+        tokens = self.tokens
+        tokens[0] += usage.input_tokens
+        tokens[1] += usage.output_tokens
+        tokens[2] += usage.cached_tokens
+        tokens[3] += usage.reasoning_tokens
+        self.cost.charge(model, usage)
+
+    def snapshot(
+        self,
+        *,
+        queue_depth: int = 0,
+        busy_workers: int = 0,
+        workers: int = 0,
+        max_concurrent: int = 0,
+        limiter_utilization: float | None = None,
+        breaker_state: str = "closed",
+    ) -> EndpointMetrics:
+        """An immutable snapshot; the gauges come from the engine, limiter and breaker."""
+        t = self.tokens
+        return EndpointMetrics(
+            endpoint=self.endpoint,
+            requests=MappingProxyType(dict(self.requests)),
+            ttft=self.ttft.summary(),
+            latency=self.latency.summary(),
+            queue_wait=self.queue_wait.summary(),
+            tokens=TokenTotals(input=t[0], output=t[1], cached=t[2], reasoning=t[3]),
+            cost=self.cost.total,
+            budget=self.cost.statistics(),
+            queue_depth=queue_depth,
+            busy_workers=busy_workers,
+            workers=workers,
+            max_concurrent=max_concurrent,
+            in_flight=self.in_flight,
+            limiter_utilization=limiter_utilization,
+            breaker_state=breaker_state,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentStatistics:
+    """A snapshot of one deployment: its chain, requests by final outcome, and fallbacks by
+    the endpoint left and the error class that caused it (``"endpoint:ErrorName"``)."""
+
+    name: str
+    endpoints: tuple[str, ...]
+    requests: Mapping[str, int]
+    fallbacks: Mapping[str, int]
+    recovery_waits: int
+
+
+class DeploymentMeter:
+    """Counters of one deployment (final outcomes, fallbacks, waits for recovery)."""
+
+    __slots__ = ("fallbacks", "name", "recovery_waits", "requests")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.requests: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.fallbacks: dict[str, int] = {}
+        self.recovery_waits = 0
+
+    def fallback(self, endpoint: str, exc: BaseException) -> None:
+        """Count one move away from ``endpoint`` because of ``exc``."""
+        key = f"{endpoint}:{type(exc).__name__}"
+        self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
+
+    def snapshot(self, endpoints: Iterable[str]) -> DeploymentStatistics:
+        """An immutable snapshot."""
+        return DeploymentStatistics(
+            name=self.name,
+            endpoints=tuple(endpoints),
+            requests=MappingProxyType(dict(self.requests)),
+            fallbacks=MappingProxyType(dict(self.fallbacks)),
+            recovery_waits=self.recovery_waits,
+        )
+
+
+# --- Prometheus text exposition -------------------------------------------------------------
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(float(value))
+
+
+_BOUNDS = (*(_number(b) for b in LATENCY_BUCKETS), "+Inf")
+_BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
+
+
+class _Families:
+    """Samples grouped by metric family, rendered with each family's HELP/TYPE header first
+    (the format requires a family's samples to be contiguous)."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, tuple[str, str, list[str]]] = {}
+
+    def add(
+        self,
+        name: str,
+        kind: str,
+        help_text: str,
+        labels: Mapping[str, str],
+        value: float,
+        suffix: str = "",
+    ) -> None:
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = (kind, help_text, [])
+        rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+        family[2].append(f"{name}{suffix}{{{rendered}}} {_number(value)}")
+
+    def histogram(
+        self, name: str, help_text: str, labels: Mapping[str, str], summary: LatencySummary
+    ) -> None:
+        for bound, count in zip(_BOUNDS, summary.buckets, strict=True):
+            self.add(name, "histogram", help_text, {**labels, "le": bound}, count, "_bucket")
+        self.add(name, "histogram", help_text, labels, summary.total, "_sum")
+        self.add(name, "histogram", help_text, labels, summary.count, "_count")
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for name, (kind, help_text, samples) in self._families.items():
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+            lines.extend(samples)
+        return "\n".join(lines) + "\n"
+
+
+def prometheus_text(sup: Supervisor) -> str:
+    """Every endpoint's and deployment's metrics in the Prometheus text format 0.0.4.
+
+    Serve it from any HTTP handler with ``Content-Type: text/plain; version=0.0.4``. Metric
+    names start with ``rakka_``; endpoints and deployments are labels.
+    """
+    stats = sup.statistics()
+    out = _Families()
+    for name, ep in stats.endpoints.items():
+        base = {"endpoint": name}
+        for state in _BREAKER_STATES:
+            out.add(
+                "rakka_breaker_state",
+                "gauge",
+                "1 for the breaker's current state, else 0.",
+                {**base, "state": state},
+                1 if ep.breaker.state.value == state else 0,
+            )
+        out.add(
+            "rakka_breaker_trips_total",
+            "counter",
+            "Times the breaker opened.",
+            base,
+            ep.breaker.trips,
+        )
+        m: EndpointMetrics | None = getattr(ep, "metrics", None)
+        if m is None:
+            continue
+        for outcome, count in m.requests.items():
+            out.add(
+                "rakka_requests_total",
+                "counter",
+                "Requests by outcome.",
+                {**base, "outcome": outcome},
+                count,
+            )
+        for kind, value in (
+            ("input", m.tokens.input),
+            ("output", m.tokens.output),
+            ("cached", m.tokens.cached),
+            ("reasoning", m.tokens.reasoning),
+        ):
+            out.add(
+                "rakka_tokens_total",
+                "counter",
+                "Tokens reported by the provider (cached within input, reasoning within output).",
+                {**base, "kind": kind},
+                value,
+            )
+        out.add("rakka_cost_usd_total", "counter", "Spend in USD since start.", base, m.cost)
+        for window, spend in (("hour", m.budget.hour), ("day", m.budget.day)):
+            out.add(
+                "rakka_spend_usd",
+                "gauge",
+                "Spend in USD over the rolling window.",
+                {**base, "window": window},
+                spend,
+            )
+        gauges: tuple[tuple[str, str, float], ...] = (
+            ("rakka_queue_depth", "Requests waiting in the engine queue.", m.queue_depth),
+            ("rakka_workers_busy", "Engine workers serving a request.", m.busy_workers),
+            ("rakka_workers", "Engine workers running.", m.workers),
+            (
+                "rakka_workers_limit",
+                "Engine worker limit now (halved when throttled).",
+                m.max_concurrent,
+            ),
+            ("rakka_in_flight", "Calls in progress (engine and direct).", m.in_flight),
+        )
+        for metric, help_text, gauge in gauges:
+            out.add(metric, "gauge", help_text, base, gauge)
+        if m.limiter_utilization is not None:
+            out.add(
+                "rakka_limiter_utilization",
+                "gauge",
+                "Highest rate-limit utilisation (0..1).",
+                base,
+                m.limiter_utilization,
+            )
+        for metric, summary, help_text in (
+            ("rakka_ttft_seconds", m.ttft, "Time from the call's start to its first chunk."),
+            ("rakka_request_duration_seconds", m.latency, "Duration of completed calls."),
+            ("rakka_queue_wait_seconds", m.queue_wait, "Time spent in the engine queue."),
+        ):
+            out.histogram(metric, help_text, base, summary)
+        for metric, summary in (
+            ("rakka_ttft_recent_seconds", m.ttft),
+            ("rakka_request_duration_recent_seconds", m.latency),
+        ):
+            quantiles = (("0.5", summary.p50), ("0.95", summary.p95), ("0.99", summary.p99))
+            for q, quantile in quantiles:
+                if quantile is not None:
+                    out.add(
+                        metric,
+                        "gauge",
+                        f"Percentile of the last {_RECENT} samples.",
+                        {**base, "quantile": q},
+                        quantile,
+                    )
+    deployments: Mapping[str, DeploymentStatistics] = getattr(stats, "deployments", {})
+    for name, dep in deployments.items():
+        base = {"deployment": name}
+        for outcome, count in dep.requests.items():
+            out.add(
+                "rakka_deployment_requests_total",
+                "counter",
+                "Deployment requests by final outcome.",
+                {**base, "outcome": outcome},
+                count,
+            )
+        for key, count in dep.fallbacks.items():
+            endpoint, _, reason = key.rpartition(":")
+            out.add(
+                "rakka_deployment_fallbacks_total",
+                "counter",
+                "Moves to the next endpoint, by the endpoint left and the error.",
+                {**base, "endpoint": endpoint, "reason": reason},
+                count,
+            )
+        out.add(
+            "rakka_deployment_recovery_waits_total",
+            "counter",
+            "Requests that waited for a breaker to recover.",
+            base,
+            dep.recovery_waits,
+        )
+    return out.render()
