@@ -215,3 +215,50 @@ __all__ += [
     "Reservation",
     "model_family",
 ]
+
+# --- engine: queues, workers, fallback chains, cost budgets and metrics (issue 5) -------------
+from ._config import BudgetConfig, EngineConfig, ModelPrice  # noqa: E402
+from ._cost import (  # noqa: E402
+    DEFAULT_PRICES,
+    BudgetAlert,
+    BudgetStatistics,
+    PriceTable,
+    usage_cost,
+)
+from ._engine import (  # noqa: E402
+    Deployment,
+    EngineStatistics,
+    Outcome,
+    Priority,
+    Submission,
+)
+from ._metrics import (  # noqa: E402
+    OUTCOMES,
+    DeploymentStatistics,
+    EndpointMetrics,
+    LatencySummary,
+    TokenTotals,
+    prometheus_text,
+)
+
+__all__ += [
+    "DEFAULT_PRICES",
+    "OUTCOMES",
+    "BudgetAlert",
+    "BudgetConfig",
+    "BudgetStatistics",
+    "Deployment",
+    "DeploymentStatistics",
+    "EndpointMetrics",
+    "EngineConfig",
+    "EngineStatistics",
+    "LatencySummary",
+    "ModelPrice",
+    "Outcome",
+    "PriceTable",
+    "Priority",
+    "Submission",
+    "TokenTotals",
+    "prometheus_text",
+    "usage_cost",
+]

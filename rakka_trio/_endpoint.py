@@ -11,6 +11,7 @@ half-open probe permit. A 401 rotates the session's credential once and retries 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,6 +23,7 @@ import trio
 from ._breaker import BreakerHandle
 from ._chunks import StreamChunk, Usage
 from ._config import EndpointConfig
+from ._engine import Engine, Priority, Submission
 from ._errors import (
     ConfigError,
     RakkaError,
@@ -32,6 +34,7 @@ from ._errors import (
     classify_http_status,
 )
 from ._limiter import Cost, LimiterHandle, Reservation
+from ._metrics import CallRecord, EndpointMeter
 from ._providers import stream_adapter_for
 from ._providers._base import StreamAdapter
 from ._request import ChatRequest, Completion, build_http_request
@@ -74,6 +77,14 @@ def _has_content(chunk: StreamChunk) -> bool:
         or chunk.citations
         or chunk.finish_reason
     )
+
+
+def _end_call(call: CallRecord, exc: BaseException | None, stream: ChunkStream | None) -> None:
+    """Report a stream call's end to the metrics (an early exit by the caller is not "ok")."""
+    if stream is None:
+        call.end(exc)
+    else:
+        call.end(exc, stream.usage, stream.finish_reason, complete=stream._eof)
 
 
 class ChunkStream:
@@ -172,10 +183,13 @@ class Endpoint:
         transport: httpx.AsyncBaseTransport | None = None,
         retrier: Retrier | None = None,
         limiter: LimiterHandle | None = None,
+        meter: EndpointMeter | None = None,
     ) -> None:
         self._config = config
         self._breaker = breaker
         self._limiter = limiter
+        self._meter = meter  # metrics and budget of every call (DESIGN §4.7)
+        self._engine: Engine | None = None  # the queued path; attached by the supervisor
         self._session = Session(
             config,
             transport=transport,
@@ -233,33 +247,71 @@ class Endpoint:
         """
         total = self._config.timeouts.total
         deadline = trio.current_time() + total if total is not None else float("inf")
-        with trio.move_on_at(deadline) as scope:
-            stream = await self._with_retries(request, self._open)
-            try:
-                yield stream
-            finally:
-                await stream._aclose()
-        if scope.cancelled_caught:
-            raise Timeout(
-                f"call exceeded its total timeout of {total:g}s",
-                phase="total",
-                provider=self._config.provider,
-                endpoint=self.name,
-            )
+        # The metrics hook (also enforces a "reject" budget before anything is sent).
+        call = self._meter.begin(request.model or self._config.model) if self._meter else None
+        stream: ChunkStream | None = None
+        try:
+            with trio.move_on_at(deadline) as scope:
+                stream = await self._with_retries(request, self._open)
+                if call is not None:
+                    call.first_chunk()
+                try:
+                    yield stream
+                finally:
+                    await stream._aclose()
+            if scope.cancelled_caught:
+                raise Timeout(
+                    f"call exceeded its total timeout of {total:g}s",
+                    phase="total",
+                    provider=self._config.provider,
+                    endpoint=self.name,
+                )
+        except BaseException as exc:
+            if call is not None:
+                _end_call(call, exc, stream)
+            raise
+        if call is not None:
+            _end_call(call, None, stream)
 
     async def complete(self, request: ChatRequest) -> Completion:
         """The whole completion at once. A stream that fails midway may be retried, since no
         output reached the caller yet."""
         total = self._config.timeouts.total
         deadline = trio.current_time() + total if total is not None else float("inf")
-        with trio.move_on_at(deadline):
-            return await self._with_retries(request, self._collect)
-        raise Timeout(
-            f"call exceeded its total timeout of {total:g}s",
-            phase="total",
-            provider=self._config.provider,
-            endpoint=self.name,
-        )
+        call = self._meter.begin(request.model or self._config.model) if self._meter else None
+        try:
+            with trio.move_on_at(deadline):
+                done = await self._with_retries(
+                    request, functools.partial(self._collect, call=call)
+                )
+                if call is not None:
+                    call.end(None, done.usage, done.finish_reason)
+                return done
+            raise Timeout(
+                f"call exceeded its total timeout of {total:g}s",
+                phase="total",
+                provider=self._config.provider,
+                endpoint=self.name,
+            )
+        except BaseException as exc:
+            if call is not None:
+                call.end(exc)
+            raise
+
+    async def submit(
+        self, request: ChatRequest, *, priority: Priority = Priority.NORMAL
+    ) -> Submission:
+        """Queue ``request`` on this endpoint's engine (DESIGN §4.7) and return its
+        :class:`Submission`: ``async with await ep.submit(req) as s: async for chunk in s``.
+
+        Raises at once when the request is refused: :class:`Backpressure` (capacity, per
+        ``engine.on_full``), :class:`CircuitOpen`, :class:`BudgetExceeded`,
+        :class:`ContextLengthExceeded` (``context_window``). The caller's effective Trio
+        deadline becomes the request's deadline, also while it waits in the queue.
+        """
+        if self._engine is None:
+            raise RuntimeError(f"endpoint {self.name!r} has no engine (not under a supervisor)")
+        return await self._engine.submit(request, priority=priority)
 
     # --- internals ----------------------------------------------------------------------
 
@@ -302,8 +354,12 @@ class Endpoint:
             attempt += 1
             previous = decision.delay
 
-    async def _collect(self, request: ChatRequest, attempts: int) -> Completion:
+    async def _collect(
+        self, request: ChatRequest, attempts: int, call: CallRecord | None = None
+    ) -> Completion:
         stream = await self._open(request, attempts)
+        if call is not None:
+            call.first_chunk()
         try:
             chunks = [chunk async for chunk in stream]
         finally:

@@ -25,7 +25,9 @@ import trio
 
 from ._breaker import BreakerHandle, BreakerStatistics, check_duration
 from ._config import EndpointConfig, SupervisorConfig
+from ._cost import CostTracker, PriceTable
 from ._endpoint import Endpoint
+from ._engine import Deployment, Engine, EngineStatistics
 from ._errors import ConfigError, SupervisorError, UnknownEndpoint
 from ._events import (
     BreakerState,
@@ -40,6 +42,7 @@ from ._events import (
     Transition,
 )
 from ._limiter import LimiterHandle, LimiterRegistry, LimiterStatistics
+from ._metrics import DeploymentMeter, DeploymentStatistics, EndpointMeter, EndpointMetrics
 from ._redact import redact
 
 __all__ = [
@@ -58,13 +61,27 @@ _WAKE_BUFFER = 1  # one pending wake-up is enough: the task re-reads the deadlin
 
 @attrs.frozen(kw_only=True)
 class EndpointStatistics:
-    """Snapshot of one endpoint: its config identity, breaker and rate limiter."""
+    """Snapshot of one endpoint: its config identity, breaker and rate limiter.
+
+    ``metrics`` holds requests by outcome, latency percentiles, tokens, cost and gauges;
+    ``engine`` the queue and workers. The flat fields repeat the figures the control feed
+    shows: calls ``in_flight``, ``queue_depth``, ``limiter_utilization`` and the recent
+    ``latency_p50/p95/p99`` of completed calls (seconds).
+    """
 
     name: str
     provider: str
     base_url: str
     breaker: BreakerStatistics
     limiter: LimiterStatistics | None = None
+    metrics: EndpointMetrics | None = None
+    engine: EngineStatistics | None = None
+    in_flight: int | None = None
+    queue_depth: int | None = None
+    limiter_utilization: float | None = None
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    latency_p99: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -77,13 +94,16 @@ class SupervisorStatistics:
     subscribers: int
     events_published: int
     task_restarts: int
+    deployments: MappingProxyType[str, DeploymentStatistics] = MappingProxyType({})
 
 
 class _EndpointRuntime:
     """What the supervisor keeps per endpoint (internal)."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, engine: Engine, meter: EndpointMeter) -> None:
         self.endpoint = endpoint
+        self.engine = engine
+        self.meter = meter
         self.scope = trio.CancelScope()
         self.wake_send, self.wake_recv = trio.open_memory_channel[None](_WAKE_BUFFER)
 
@@ -116,6 +136,9 @@ class Supervisor:
             publish=self._bus.publish,
             start_task=self.start_task,
         )
+        # One price table for endpoints without prices of their own (most of them).
+        self._prices = PriceTable(config.prices)
+        self._deployments: dict[str, Deployment] = {}
 
     # --- endpoints ------------------------------------------------------------------------
 
@@ -157,7 +180,16 @@ class Supervisor:
             raise ConfigError([("name", f"endpoint {config.name!r} already exists")])
         limiter = self._limiters.add(config)
         handle = BreakerHandle(config.name, config.breaker, on_event=self._on_breaker_event)
-        runtime = _EndpointRuntime(Endpoint(config, handle, limiter=limiter))
+        prices = PriceTable(config.prices, self._config.prices) if config.prices else self._prices
+        meter = EndpointMeter(
+            config.name, CostTracker(config.name, config.budget, prices, self._bus.publish)
+        )
+        endpoint = Endpoint(config, handle, limiter=limiter, meter=meter)
+        # Workers start on demand in this nursery (none while the endpoint is idle).
+        endpoint._engine = engine = Engine(
+            endpoint, config.engine, spawn=self.start_task, meter=meter
+        )
+        runtime = _EndpointRuntime(endpoint, engine, meter)
         handle._wake = runtime.wake
         self._runtimes[config.name] = runtime
         self._nursery.start_soon(self._run_endpoint, runtime, name=f"breaker:{config.name}")
@@ -170,6 +202,7 @@ class Supervisor:
         if runtime is None:
             raise UnknownEndpoint(name)
         runtime.endpoint.breaker._wake = None
+        runtime.engine.close()  # queued requests move on (deployments) or fail; calls cancelled
         runtime.scope.cancel()
         runtime.wake_send.close()
         self._limiters.remove(name)
@@ -234,17 +267,8 @@ class Supervisor:
         self._bus.publish(event)
 
     def statistics(self) -> SupervisorStatistics:
-        """An immutable snapshot of every endpoint."""
-        endpoints = {
-            name: EndpointStatistics(
-                name=name,
-                provider=rt.endpoint.config.provider,
-                base_url=rt.endpoint.config.base_url,
-                breaker=rt.endpoint.breaker.statistics(),
-                limiter=self._limiters.statistics(name),
-            )
-            for name, rt in self._runtimes.items()
-        }
+        """An immutable snapshot of every endpoint (and every deployment used so far)."""
+        endpoints = {name: self._endpoint_statistics(rt) for name, rt in self._runtimes.items()}
         return SupervisorStatistics(
             node_id=self.node_id,
             at=trio.current_time(),
@@ -252,7 +276,59 @@ class Supervisor:
             subscribers=self._bus.subscriber_count,
             events_published=self._bus.published,
             task_restarts=self._restarts,
+            deployments=MappingProxyType(
+                {name: dep.statistics() for name, dep in self._deployments.items()}
+            ),
         )
+
+    def _endpoint_statistics(self, rt: _EndpointRuntime) -> EndpointStatistics:
+        name = rt.endpoint.name
+        breaker = rt.endpoint.breaker.statistics()
+        limiter = self._limiters.statistics(name)
+        engine = rt.engine.statistics()
+        utilization = limiter.utilisation if limiter is not None else None
+        metrics = rt.meter.snapshot(
+            queue_depth=engine.queue_depth,
+            busy_workers=engine.busy_workers,
+            workers=engine.workers,
+            max_concurrent=engine.max_concurrent,
+            limiter_utilization=utilization,
+            breaker_state=breaker.state.value,
+        )
+        return EndpointStatistics(
+            name=name,
+            provider=rt.endpoint.config.provider,
+            base_url=rt.endpoint.config.base_url,
+            breaker=breaker,
+            limiter=limiter,
+            metrics=metrics,
+            engine=engine,
+            in_flight=metrics.in_flight,
+            queue_depth=engine.queue_depth,
+            limiter_utilization=utilization,
+            latency_p50=metrics.latency.p50,
+            latency_p95=metrics.latency.p95,
+            latency_p99=metrics.latency.p99,
+        )
+
+    # --- deployments ----------------------------------------------------------------------
+
+    def deployment(self, name: str) -> Deployment:
+        """The fallback chain ``name`` from ``SupervisorConfig.deployments``; raises
+        :class:`UnknownEndpoint`. Endpoints of the chain removed at runtime are skipped."""
+        dep = self._deployments.get(name)
+        if dep is None:
+            config = next((d for d in self._config.deployments if d.name == name), None)
+            if config is None:
+                raise UnknownEndpoint(name, kind="deployment")
+            dep = self._deployments[name] = Deployment(
+                config, self._engine_of, DeploymentMeter(name)
+            )
+        return dep
+
+    def _engine_of(self, name: str) -> Engine | None:
+        runtime = self._runtimes.get(name)
+        return runtime.engine if runtime is not None else None
 
     # --- supervised tasks -----------------------------------------------------------------
 
@@ -368,6 +444,8 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         self._closed = True
+        for runtime in self._runtimes.values():
+            runtime.engine.close()  # wake readers of queued requests: nothing will serve them
         self._bus.close()
 
 
