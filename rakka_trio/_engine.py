@@ -248,8 +248,10 @@ class Engine:
         self._meter = meter
         limit = config.max_concurrent or endpoint.config.limits.max_concurrent
         self._max = limit or _DEFAULT_WORKERS
-        self._queues: tuple[deque[_Job], ...] = tuple(deque() for _ in Priority)
-        self._waiting: tuple[deque[_Job], ...] = tuple(deque() for _ in Priority)
+        # One deque per priority, allocated on first use: most of a large fleet's endpoints
+        # never queue anything, and eight empty deques would be most of an idle engine.
+        self._queues: tuple[deque[_Job], ...] = ()
+        self._waiting: tuple[deque[_Job], ...] = ()
         self._depth = 0
         self._waiting_count = 0
         self._busy = 0
@@ -300,7 +302,9 @@ class Engine:
         return EngineStatistics(
             endpoint=self._name,
             queue_depth=self._depth,
-            queued=MappingProxyType({p.name: len(self._queues[p]) for p in Priority}),
+            queued=MappingProxyType(
+                {p.name: len(self._queues[p]) if self._queues else 0 for p in Priority}
+            ),
             waiting_for_room=self._waiting_count,
             busy_workers=self._busy,
             workers=self._workers,
@@ -394,6 +398,8 @@ class Engine:
 
     async def _wait_for_room(self, job: _Job) -> None:
         job.admitted = trio.Event()
+        if not self._waiting:
+            self._waiting = tuple(deque() for _ in Priority)
         self._waiting[job.priority].append(job)
         self._waiting_count += 1
         limit = trio.current_time() + self._config.queue_timeout
@@ -421,6 +427,8 @@ class Engine:
     def _enqueue(self, job: _Job) -> None:
         job.state = _QUEUED
         job.enqueued_at = trio.current_time()
+        if not self._queues:
+            self._queues = tuple(deque() for _ in Priority)
         self._queues[job.priority].append(job)
         self._depth += 1
         self._submitted += 1
