@@ -510,6 +510,10 @@ class Engine:
         if self._meter is not None:
             self._meter.queue_wait.record(job.waited)
         job.state = _RUNNING
+        if job.abandoned:  # its handle was dropped without closing
+            self._count("cancelled")
+            job.finish()
+            return
         if now >= job.deadline:
             self._count("timeout")
             job.finish(_deadline_error(self._endpoint.config))
@@ -730,15 +734,7 @@ class Submission:
         job = self._job
         if job is None:
             return
-        job.receive.close()
-        if job.state in (_WAITING, _QUEUED):
-            job.engine._withdraw(job)
-            job.engine._count("cancelled")
-            job.abandoned = True
-            job.finish()
-        elif job.state == _RUNNING:
-            job.abandoned = True
-            job.scope.cancel()
+        self._abandon(job)
         if self._outcome is None:
             if job.state == _DONE and job.ok:
                 self._finish("ok", None)
@@ -770,6 +766,9 @@ class Submission:
         # A handle dropped without closing must not hold a worker forever on a full channel.
         job = getattr(self, "_job", None)
         if job is not None and not self._closed and job.state != _DONE:
+            # Only flag it: a finaliser may run anywhere (even after the run), so the queue is
+            # left alone and a worker that picks the job up drops it.
+            job.abandoned = True
             job.receive.close()
             job.scope.cancel()
 
@@ -778,6 +777,19 @@ class Submission:
         return f"<Submission {self._priority.name} on {self.endpoint!r} {state}>"
 
     # --- internals ----------------------------------------------------------------------
+
+    @staticmethod
+    def _abandon(job: _Job) -> None:
+        """The reader is gone: take the job off the queue or cancel its call."""
+        job.receive.close()
+        if job.state in (_WAITING, _QUEUED):
+            job.engine._withdraw(job)
+            job.engine._count("cancelled")
+            job.abandoned = True
+            job.finish()
+        elif job.state == _RUNNING:
+            job.abandoned = True
+            job.scope.cancel()
 
     async def _start(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -807,6 +819,9 @@ class Submission:
                     refusals.append(exc)
                     continue
                 self._job, self._index = job, index
+                if self._closed:  # closed by another task while this one moved it on
+                    self._abandon(job)
+                    raise trio.ClosedResourceError("the submission was closed")
                 return
             wake = self._recovery_time(refusals, len(chain) - start)
             if wake is None:

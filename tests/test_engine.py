@@ -434,3 +434,24 @@ async def test_submit_validates_priority() -> None:
     async with running(fake) as engine:
         with pytest.raises(TypeError, match="Priority"):
             await engine.submit(req("a"), priority=1)  # type: ignore[arg-type]
+
+
+async def test_a_dropped_handle_frees_its_worker(mock_clock: trio.testing.MockClock) -> None:
+    import gc
+
+    fake = FakeEndpoint(hold=0.0)
+    fake.texts = tuple("abcdefgh")
+    meter = meter_for("fake")
+    async with running(fake, meter, max_concurrent=1, stream_buffer=1) as engine:
+        running_one = await engine.submit(req("running"))
+        queued = await engine.submit(req("queued"))
+        await trio.testing.wait_all_tasks_blocked()  # "running" fills its buffer and waits
+        del running_one, queued  # never read, never closed
+        gc.collect()
+        await trio.testing.wait_all_tasks_blocked()
+        stats = engine.statistics()
+        assert (stats.busy_workers, stats.queue_depth) == (0, 0)
+        assert await drain(await engine.submit(req("next"))) == "abcdefgh"
+    assert fake.started == ["running", "next"]  # the dropped queued request never ran
+    assert fake.ended["running"] in ("Cancelled", "BrokenResourceError")
+    assert meter.requests["cancelled"] == 1
