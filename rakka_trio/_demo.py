@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 import trio
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -27,18 +28,25 @@ from rich.text import Text
 
 from ._config import (
     BreakerConfig,
+    DeploymentConfig,
     EndpointConfig,
     LimiterMode,
+    ModelPrice,
     RateLimits,
     RetryPolicy,
     SupervisorConfig,
 )
 from ._control import ControlServer, serve_control
 from ._credentials import StaticCredential
-from ._errors import CircuitOpen, RakkaError, RateLimited, ServerError
+from ._errors import RakkaError
 from ._events import BreakerState, Command, Transition
 from ._request import ChatRequest
-from ._supervisor import EndpointStatistics, Supervisor, open_supervisor
+from ._supervisor import (
+    EndpointStatistics,
+    Supervisor,
+    SupervisorStatistics,
+    open_supervisor,
+)
 from .testing import Fault, MockProvider, serve_mock_provider
 
 __all__ = ["DemoReport", "demo_main", "run_demo"]
@@ -50,7 +58,12 @@ _STATE_STYLE = {
     BreakerState.FORCED_OPEN: "bold magenta",
     BreakerState.DISABLED: "dim",
 }
-_OUTCOMES = ("ok", "5xx", "429", "circuit_open", "other")
+_OUTCOMES = ("ok", "5xx", "429", "open")
+_METRIC = {"open": "circuit_open"}  # column name -> metrics outcome name
+_CAPTION = (
+    "ok/5xx/429/open: requests by outcome (open: refused by the breaker); paused: 429 pauses "
+    "of the rate-limit key; limiter: its utilisation now; p95: latency of completed calls"
+)
 _DEMO_KEY = "sk-demo-" + "0" * 24  # the mock provider's key; not a real credential
 _REPLY = "Structured concurrency means every request has an owner and an outcome."
 _PROMPTS = ("Summarise the incident.", "Why did the breaker open?", "Is the backup healthy?")
@@ -71,6 +84,8 @@ class DemoReport:
     trips: int
     recoveries: int
     tokens: int
+    cost: float
+    failures: dict[str, int]
     control_url: str
 
 
@@ -106,6 +121,7 @@ def demo_config(
                 limits=RateLimits(
                     requests_per_minute=60_000, tokens_per_minute=20_000_000, mode=mode
                 ),
+                prices={"demo-model": ModelPrice(input=2.5, output=10.0)},
                 **common,  # type: ignore[arg-type]
             ),
             EndpointConfig(
@@ -115,9 +131,11 @@ def demo_config(
                 limits=RateLimits(
                     requests_per_minute=30_000, tokens_per_minute=10_000_000, mode=mode
                 ),
+                prices={"demo-model": ModelPrice(input=3.0, output=15.0)},
                 **common,  # type: ignore[arg-type]
             ),
         ],
+        deployments=[DeploymentConfig(name="chat", endpoints=["primary", "backup"])],
         redis_url=redis_url,
         stats_interval=max(0.1, min(1.0, duration / 20)),
     )
@@ -141,71 +159,78 @@ def script_incident(mock: MockProvider, t0: float, duration: float) -> None:
 
 
 class _Tally:
-    """Counters the request loops update and the live view reads."""
+    """What the callers saw (the endpoints' own view is in their metrics)."""
 
     def __init__(self) -> None:
-        self.outcomes: dict[str, Counter[str]] = {"primary": Counter(), "backup": Counter()}
         self.served = 0
-        self.failed = 0
+        self.failed: Counter[str] = Counter()
         self.tokens = 0
 
 
 async def _request_loop(sup: Supervisor, tally: _Tally, deadline: float, n: int) -> None:
+    """One user: stream a completion through the ``chat`` deployment, again and again."""
     request = ChatRequest(messages=[{"role": "user", "content": _PROMPTS[n % len(_PROMPTS)]}])
+    chat = sup.deployment("chat")
     while trio.current_time() < deadline:
-        served = False
-        for name in ("primary", "backup"):
-            counts = tally.outcomes[name]
-            try:
-                async with sup.endpoint(name).stream(request) as chunks:
-                    async for _ in chunks:
-                        pass
-            except CircuitOpen:
-                counts["circuit_open"] += 1
-                continue
-            except RateLimited:
-                counts["429"] += 1
-                continue
-            except ServerError:
-                counts["5xx"] += 1
-                continue
-            except RakkaError:
-                counts["other"] += 1
-                continue
-            counts["ok"] += 1
-            if chunks.usage is not None:
-                tally.tokens += chunks.usage.total_tokens
-            served = True
-            break
-        if served:
-            tally.served += 1
-        else:
-            tally.failed += 1
-            await trio.sleep(0.01)  # both endpoints refused: don't spin
+        try:
+            async with chat.stream(request) as chunks:
+                async for _ in chunks:
+                    pass
+        except RakkaError as exc:
+            tally.failed[type(exc).__name__] += 1
+            await trio.sleep(0.01)  # every endpoint refused: don't spin
+            continue
+        tally.served += 1
+        usage = chunks.outcome.usage if chunks.outcome is not None else None
+        if usage is not None:
+            tally.tokens += usage.total_tokens
+
+
+def _endpoint_rows(table: Table, endpoints: Mapping[str, EndpointStatistics]) -> None:
+    for name in ("primary", "backup"):
+        ep = endpoints[name]
+        metrics = ep.metrics
+        requests = metrics.requests if metrics is not None else {}
+        p95 = metrics.latency.p95 if metrics is not None else None
+        limiter = ep.limiter
+        table.add_row(
+            name,
+            Text(ep.breaker.state.value, style=_STATE_STYLE[ep.breaker.state]),
+            *(str(requests.get(_METRIC.get(k, k), 0)) for k in _OUTCOMES),
+            str(ep.breaker.trips),
+            str(sum(k.pauses for k in limiter.keys)) if limiter is not None else "-",
+            f"{limiter.utilisation:.0%}" if limiter is not None else "-",
+            f"{p95 * 1000:.0f}ms" if p95 is not None else "-",
+            f"{metrics.cost:.4f}" if metrics is not None else "-",
+        )
+
+
+def _endpoint_table(title: str) -> Table:
+    # Compact borders so the table fits an 80-column terminal.
+    table = Table(
+        title=title,
+        caption=_CAPTION,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("endpoint")
+    table.add_column("state")
+    for column in (*_OUTCOMES, "trips", "paused", "limiter", "p95", "cost $"):
+        table.add_column(column, justify="right")
+    return table
 
 
 def _summary(
     sup: Supervisor, tally: _Tally, t0: float, duration: float, control: ControlServer | None
 ) -> Group:
     elapsed = min(duration, trio.current_time() - t0)
-    table = Table(expand=False, title=f"t = {elapsed:5.1f}s of {duration:g}s")
-    for column in ("endpoint", "breaker", *_OUTCOMES, "limiter use", "in flight"):
-        table.add_column(column, justify="left" if column in ("endpoint", "breaker") else "right")
-    stats = sup.statistics().endpoints
-    for name, counts in tally.outcomes.items():
-        ep = stats[name]
-        state = ep.breaker.state
-        limiter = ep.limiter
-        table.add_row(
-            name,
-            Text(state.value, style=_STATE_STYLE[state]),
-            *(str(counts.get(k, 0)) for k in _OUTCOMES),
-            f"{limiter.utilisation:.0%}" if limiter is not None else "-",
-            str(limiter.in_flight) if limiter is not None else "-",
-        )
+    table = _endpoint_table(f"t = {elapsed:5.1f}s of {duration:g}s")
+    _endpoint_rows(table, sup.statistics().endpoints)
     lines: list[Table | Text] = [
         table,
-        Text(f"user requests served {tally.served}, failed {tally.failed}"),
+        Text(f"user requests served {tally.served}, failed {sum(tally.failed.values())}"),
     ]
     if control is not None:
         lines.append(Text(f"control: {control.url}", style="dim"))
@@ -308,51 +333,40 @@ async def demo_main(
             stats = sup.statistics()
         services.cancel_scope.cancel()
     report = DemoReport(
-        outcomes={name: dict(c) for name, c in tally.outcomes.items()},
+        outcomes={
+            name: dict(ep.metrics.requests) if ep.metrics is not None else {}
+            for name, ep in stats.endpoints.items()
+        },
         transitions=transitions,
         served=tally.served,
-        failed=tally.failed,
+        failed=sum(tally.failed.values()),
+        failures=dict(tally.failed),
         trips=sum(ep.breaker.trips for ep in stats.endpoints.values()),
         recoveries=sum(
             1 for *_, to, cause in transitions if to == "closed" and cause == "probe_succeeded"
         ),
         tokens=tally.tokens,
+        cost=sum(ep.metrics.cost for ep in stats.endpoints.values() if ep.metrics is not None),
         control_url=control.url,
     )
-    _print_report(console, report, stats.endpoints)
+    _print_report(console, report, stats)
     return report
 
 
-def _print_report(
-    console: Console, report: DemoReport, endpoints: Mapping[str, EndpointStatistics]
-) -> None:
-    table = Table(title="Final report: what callers saw per endpoint, and the breaker's view")
-    table.add_column("endpoint")
-    columns = ("breaker failures", "trips", "429 pauses", "limiter use", "final state")
-    for column in (*_OUTCOMES, *columns):
-        table.add_column(column, justify="right")
-    for name, counts in report.outcomes.items():
-        ep = endpoints[name]
-        limiter = ep.limiter
-        table.add_row(
-            name,
-            *(str(counts.get(k, 0)) for k in _OUTCOMES),
-            str(ep.breaker.failures),
-            str(ep.breaker.trips),
-            str(sum(k.pauses for k in limiter.keys)) if limiter is not None else "-",
-            f"{limiter.utilisation:.0%}" if limiter is not None else "-",
-            Text(ep.breaker.state.value, style=_STATE_STYLE[ep.breaker.state]),
-        )
+def _print_report(console: Console, report: DemoReport, stats: SupervisorStatistics) -> None:
+    table = _endpoint_table("Final report: requests each endpoint handled, by outcome")
+    _endpoint_rows(table, stats.endpoints)
     console.print(table)
+    chat = stats.deployments.get("chat")
+    if chat is not None and chat.fallbacks:
+        moves = ", ".join(f"{k} x{v}" for k, v in sorted(chat.fallbacks.items()))
+        console.print(f"fallbacks from one endpoint to the next: {moves}")
     total = report.served + report.failed
+    failed = f" ({report.failed / total:.1%})" if total else ""
     console.print(
-        f"user requests: {total}: served {report.served}, failed {report.failed} "
-        f"({report.failed / total:.1%}); "
-        if total
-        else "user requests: 0; ",
+        f"user requests: {total}: served {report.served}, failed {report.failed}{failed}; "
         f"breaker trips: {report.trips}, recoveries: {report.recoveries}; "
-        f"tokens streamed: {report.tokens:,}",
-        sep="",
+        f"tokens streamed: {report.tokens:,}; cost: ${report.cost:.4f}"
     )
 
 

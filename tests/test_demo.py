@@ -60,6 +60,8 @@ async def test_demo_trips_fails_over_recovers_and_takes_operator_commands() -> N
     assert result.outcomes["primary"]["circuit_open"] > 0
     assert result.outcomes["backup"].get("429", 0) + result.outcomes["backup"]["ok"] > 0
     assert result.tokens > 0
+    assert result.cost > 0  # priced from the reported usage
+    assert "fallbacks from one endpoint to the next: primary:CircuitOpen" in text
     # The operator's command reached the breaker and every watcher saw it at once.
     assert [f.to_state for f in seen][:2] == ["forced_open", "half_open"]
     assert "operator drill" in text and "force_open backup (drill-7)" in text
