@@ -1,0 +1,225 @@
+"""Snapshot of the main screen: a fixed scene (frozen clocks, UTC, a fake server) rendered by
+Textual, exported as SVG, read back into text lines and compared with
+``tests/fixtures/tui/main_screen.txt``.
+
+After an intended change of the screen, regenerate the golden file with
+``RAKKA_UPDATE_SNAPSHOTS=1 uv run pytest tests/test_tui_snapshot.py`` and review the diff.
+With ``pytest-textual-snapshot`` installed, :func:`test_main_screen_snap_compare` also
+compares the SVG pixel-for-pixel in that plugin's own format.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+
+from rakka_trio import _protocol as proto
+from rakka_trio_tui import Backoff, RakkaTui
+from rakka_trio_tui._model import MISSING as NA
+
+from .tui_helpers import (
+    FakeClock,
+    FakeServer,
+    connected,
+    endpoint,
+    run_app,
+    screenshot_lines,
+    transition,
+    wait_until,
+)
+
+GOLDEN = Path(__file__).parent / "fixtures" / "tui" / "main_screen.txt"
+SIZE = (160, 26)
+WALL = 1_760_000_000.0  # 2025-10-09 08:53:20 UTC
+
+
+@pytest.fixture(autouse=True)
+def utc() -> Iterator[None]:
+    """Log times in UTC, whatever the machine's zone."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def scene() -> tuple[RakkaTui, FakeServer]:
+    """Five endpoints, one in each breaker state, with every column filled somewhere."""
+    server = FakeServer(
+        endpoints=(
+            endpoint(
+                "openai-primary",
+                provider="openai",
+                failures=2,
+                successes=812,
+                failure_rate=0.01,
+                calls_in_window=100,
+                limiter_utilization=0.42,
+                in_flight=6,
+                latency_p95=0.84,
+            ),
+            endpoint(
+                "anthropic-backup",
+                provider="anthropic",
+                state="open",
+                consecutive_failures=5,
+                failures=9,
+                failure_rate=0.55,
+                calls_in_window=20,
+                trips=1,
+                rejected=37,
+                open_until_in=25.0,
+                limiter_utilization=0.97,
+                in_flight=0,
+                latency_p95=2.31,
+            ),
+            endpoint("gemini-flash", provider="gemini", state="half_open", trips=2),
+            endpoint(
+                "vllm-local",
+                provider="openai",
+                state="forced_open",
+                rejected=120,
+                open_until_in=300.0,
+                forced_reason="incident-42",
+                forced_by="tui@127.0.0.1:50312",
+            ),
+            endpoint(
+                "ollama-dev",
+                provider="openai",
+                state="disabled",
+                until_reset=True,
+                forced_reason="probe flaps",
+                forced_by="cli:alice@127.0.0.1:50400",
+            ),
+        )
+    )
+    app = RakkaTui(
+        "ws://127.0.0.1:8765",
+        connect=server.connect,
+        backoff=Backoff(initial=0.02, maximum=0.05),
+        clock=FakeClock(),
+        wall_clock=lambda: WALL,
+    )
+    return app, server
+
+
+async def settle(pilot: Pilot[int], app: RakkaTui, server: FakeServer) -> None:
+    """Connect and play a short incident into the event log."""
+    await connected(pilot, app)
+    server.push(
+        transition(
+            "anthropic-backup",
+            "closed",
+            "open",
+            wall=WALL + 1.5,
+            consecutive_failures=5,
+            failure_rate=0.55,
+            calls_in_window=20,
+            trips=1,
+            open_until_in=25.0,
+        ),
+        proto.CommandFrame(
+            wall=WALL + 2.25,
+            endpoint="vllm-local",
+            command="force_open",
+            actor="tui@127.0.0.1:50312",
+            reason="incident-42",
+            duration=300.0,
+        ),
+    )
+    await wait_until(pilot, lambda: "force_open" in _log(app), "the log lines")
+    await pilot.pause()
+
+
+def _log(app: RakkaTui) -> str:
+    from textual.widgets import RichLog
+
+    return "\n".join(strip.text for strip in app.query_one("#log", RichLog).lines)
+
+
+def test_main_screen_snapshot() -> None:
+    app, server = scene()
+    shots: list[str] = []
+
+    async def scenario(pilot: Pilot[int]) -> None:
+        await settle(pilot, app, server)
+        shots.append(app.export_screenshot())
+
+    run_app(app, scenario, size=SIZE)
+    (svg,) = shots
+
+    # Structure: a well-formed SVG with one clipped text line per terminal row.
+    root = ET.fromstring(svg)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    lines = screenshot_lines(svg, SIZE[0])
+    assert len(lines) == SIZE[1]
+    assert sum(1 for _ in root.iter("{http://www.w3.org/2000/svg}text")) > SIZE[1]
+
+    text = "\n".join(lines) + "\n"
+    if os.environ.get("RAKKA_UPDATE_SNAPSHOTS"):
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(text, encoding="utf-8")
+    expected = GOLDEN.read_text(encoding="utf-8")
+    assert text == expected, (
+        "the main screen changed; if intended, regenerate with RAKKA_UPDATE_SNAPSHOTS=1\n" + text
+    )
+
+
+def test_main_screen_snapshot_content() -> None:
+    """The same scene, asserted piece by piece (readable failures, independent of layout)."""
+    app, server = scene()
+    lines: list[str] = []
+
+    async def scenario(pilot: Pilot[int]) -> None:
+        await settle(pilot, app, server)
+        lines.extend(screenshot_lines(app.export_screenshot(), SIZE[0]))
+
+    run_app(app, scenario, size=SIZE)
+    screen = "\n".join(lines)
+    assert lines[0].startswith(" rakka-trio  ws://127.0.0.1:8765  ● connected  as operator")
+    header = lines[1].split()
+    assert header[:4] == ["ENDPOINT", "PROVIDER", "STATE", "FAILS"]
+    assert header[-5:] == ["IN-FLIGHT", "P95", "TRIPS", "REJECTED", "NOTE"]
+
+    def row(name: str) -> list[str]:
+        return next(line for line in lines if line.split()[:1] == [name]).split()
+
+    assert row("openai-primary")[2:] == [
+        "closed", "0", "(2)", "1%", "of", "100", NA, "42%", "6", "840ms", "0", "0",
+    ]  # fmt: skip
+    assert row("anthropic-backup")[2:] == [
+        "open", "5", "(9)", "55%", "of", "20", "25s", "97%", "0", "2.31s", "1", "37",
+    ]  # fmt: skip
+    assert row("gemini-flash")[2:] == ["half_open", "0", NA, NA, NA, NA, NA, "2", "0"]
+    assert row("vllm-local")[2:] == [
+        "forced_open", "0", NA, "5m00s", NA, NA, NA, "0", "120",
+        "incident-42", "by", "tui@127.0.0.1:50312",
+    ]  # fmt: skip
+    assert row("ollama-dev")[2:6] == ["disabled", "0", NA, "until"]
+    assert "08:53:21.500  anthropic-backup  closed → open  (failure_threshold)" in screen
+    assert "08:53:22.250  vllm-local  force_open by tui@127.0.0.1:50312 for 5m00s" in screen
+    assert "f Force open" in lines[-1] and "q Quit" in lines[-1]
+
+
+def test_main_screen_snap_compare(request: pytest.FixtureRequest) -> None:
+    """pytest-textual-snapshot's SVG comparison, when that plugin is installed."""
+    pytest.importorskip("pytest_textual_snapshot")
+    snap_compare = request.getfixturevalue("snap_compare")
+    app, server = scene()
+
+    async def run_before(pilot: Pilot[int]) -> None:
+        await settle(pilot, app, server)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -1,0 +1,510 @@
+"""The Textual application: endpoint table, event log, header and operator commands.
+
+Data flow, one direction at a time:
+
+* Trio → screen: the :class:`~._link.ControlLink` (Trio, guest mode on this App's asyncio
+  loop) emits frames and connection events; each becomes a :class:`LinkEvent` message, is
+  folded into the model by the pure :func:`~._model.reduce`, and the widgets are redrawn
+  from the model.
+* screen → Trio: a confirmed dialog produces a :class:`~._model.CommandRequest`, handed to
+  the link with :meth:`~._guest.TrioGuest.call_soon`; the answer comes back as a
+  :class:`LinkEvent` carrying a :class:`~._model.CommandDone`.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from rich.cells import cell_len
+from rich.text import Text
+from textual import events
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.widgets import DataTable, Footer, Input, RichLog, Static
+
+from rakka_trio import open_control_client
+from rakka_trio._credentials import Secret
+from rakka_trio._redact import redact
+
+from ._guest import TrioGuest
+from ._link import Backoff, Connector, ControlLink
+from ._model import (
+    COLUMNS,
+    Cell,
+    CommandDone,
+    CommandRequest,
+    CommandSent,
+    LinkStatus,
+    Model,
+    Row,
+    display_url,
+    log_cells,
+    reduce,
+    safe_text,
+    status_cells,
+    table_rows,
+)
+from ._model import Input as ModelInput
+from ._screens import CommandScreen, ConfirmScreen, HelpScreen
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import outcome
+
+__all__ = ["DEFAULT_CLIENT_NAME", "LinkEvent", "RakkaTui", "default_connector"]
+
+DEFAULT_CLIENT_NAME = "tui"
+"""The ``client`` name sent in the hello (the audit trail shows ``tui@address:port``)."""
+
+_TICK = 0.5  # seconds between redraws of countdowns and the header
+_LOG_LINES = 5000
+_COMMAND_KEYS = frozenset({"f", "r", "d"})
+_COMMAND_ACTIONS = frozenset({"force_open", "reset", "disable"})
+
+
+def _text(cells: Sequence[Cell]) -> Text:
+    # Text objects, never strings: Textual would parse a string as markup, and server text
+    # like "[bold]" must be shown as typed.
+    return Text.assemble(*((cell.text, cell.style) for cell in cells))
+
+
+def default_connector(
+    url: str,
+    token: Secret | None,
+    *,
+    client_name: str = DEFAULT_CLIENT_NAME,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Connector:
+    """A connector that opens a real control-plane connection to ``url``."""
+    return functools.partial(
+        open_control_client,
+        url,
+        token=token,
+        client_name=client_name,
+        ssl_context=ssl_context,
+    )
+
+
+class LinkEvent(Message):
+    """Something from the Trio side: a server frame, a connection change or a command answer."""
+
+    def __init__(self, event: ModelInput) -> None:
+        super().__init__()
+        self.event = event
+
+
+class FilterInput(Input):
+    """The ``/`` filter box: Escape clears and hides it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "clear", "Clear filter")]
+
+    def action_clear(self) -> None:
+        """Clear the filter and give the table the focus back."""
+        self.value = ""
+        self.app.query_one("#endpoints", DataTable).focus()
+        self.display = False
+
+
+class RakkaTui(App[int]):
+    """Live console of one rakka-trio control server.
+
+    ``url`` is shown in the header (without credentials). ``connect`` opens a connection
+    (default: :func:`rakka_trio.open_control_client` with ``token``); tests inject a fake.
+    ``clock`` (monotonic) and ``wall_clock`` (Unix time) drive countdowns and local log
+    times; ``backoff`` and ``rng`` shape reconnection.
+
+    The token is only ever handed to the connector: it is never drawn, logged or put in an
+    error message (error texts are passed through the secret redactor first).
+    """
+
+    TITLE = "rakka-trio"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f", "force_open", "Force open"),
+        Binding("r", "reset", "Reset"),
+        Binding("d", "disable", "Disable"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
+    CSS = """
+    #status {
+        dock: top;
+        height: 1;
+        background: $panel;
+    }
+    #filter {
+        display: none;
+    }
+    #endpoints {
+        height: auto;
+        max-height: 60%;
+    }
+    #endpoints.stale {
+        opacity: 60%;
+    }
+    #empty {
+        height: auto;
+        padding: 0 1;
+        color: $text-muted;
+    }
+    #log-title {
+        height: 1;
+        padding: 0 1;
+        background: $panel;
+        text-style: bold;
+    }
+    #log {
+        height: 1fr;
+    }
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | Secret | None = None,
+        connect: Connector | None = None,
+        client_name: str = DEFAULT_CLIENT_NAME,
+        ssl_context: ssl.SSLContext | None = None,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        secret = Secret(token) if isinstance(token, str) else token  # registers it for redact
+        self._url = url
+        self._shown_url = display_url(url)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._model = Model()
+        self._filter = ""
+        self._row_keys: list[str] = []
+        self._rendered: dict[str, tuple[Cell, ...]] = {}
+        self._widths = [0] * len(COLUMNS)
+        self._could_command = False
+        self._stopping = False
+        self._outcome_taken = False
+        self._mounted = False
+        self._redraw_pending = False
+        self._guest = TrioGuest()
+        connector = connect or default_connector(
+            url, secret, client_name=client_name, ssl_context=ssl_context
+        )
+        self._link = ControlLink(connector, self._emit, backoff=backoff, rng=rng, scrub=self._scrub)
+
+    # --- state seen by tests and the CLI ------------------------------------------------------
+
+    @property
+    def model(self) -> Model:
+        """The current model (what the screen shows)."""
+        return self._model
+
+    @property
+    def filter_text(self) -> str:
+        """The table filter in effect."""
+        return self._filter
+
+    @property
+    def link_running(self) -> bool:
+        """True while the Trio run carrying the connection is alive."""
+        return self._guest.running
+
+    def visible_rows(self) -> list[Row]:
+        """The table's rows as they are drawn now."""
+        return table_rows(self._model, self._clock(), self._filter)
+
+    # --- composition and lifecycle ----------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        """Header line, filter box, endpoint table, event log, key bindings."""
+        yield Static(id="status")
+        yield FilterInput(
+            placeholder="filter: endpoint, provider or state (Esc clears)", id="filter"
+        )
+        yield DataTable(id="endpoints", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="empty")
+        yield Static("Events", id="log-title")
+        yield RichLog(id="log", max_lines=_LOG_LINES, wrap=False, markup=False, highlight=False)
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        """Set up the table, start the redraw timer and the Trio link."""
+        table = self.query_one("#endpoints", DataTable)
+        for name in COLUMNS:
+            table.add_column(name, key=name)
+        table.focus()
+        self._mounted = True
+        self._redraw()
+        self.set_interval(_TICK, self._redraw)
+        self._guest.start(self._link.run)
+        self._guest.finished.add_done_callback(self._guest_finished)
+
+    async def on_unmount(self) -> None:
+        """Cancel the Trio link and wait until it has closed its connection."""
+        self._stopping = True
+        await self._guest.stop()
+        result = self._take_outcome()
+        if result is not None:
+            # We cancelled it: a clean cancellation is a Value; anything else is a bug in the
+            # link, raised here so it is not lost.
+            result.unwrap()
+
+    def _guest_finished(self, future: asyncio.Future[outcome.Outcome[None]]) -> None:
+        # The Trio run ended. If we did not stop it, the link gave up (a refused token,
+        # already on screen) or crashed.
+        if self._stopping or future.cancelled():
+            return
+        result = self._take_outcome()
+        if result is None:
+            return
+        try:
+            result.unwrap()
+        except Exception as exc:
+            # A bug in the link, not a network problem (those are retried): stop loudly.
+            self.exit(
+                return_code=1,
+                message=Text(
+                    f"rakka-trio tui: the connection task failed: {self._scrub(repr(exc))}"
+                ),
+            )
+
+    def _take_outcome(self) -> outcome.Outcome[None] | None:
+        # An outcome can be unwrapped once; whoever sees it first (the done-callback or
+        # on_unmount) owns it.
+        if self._outcome_taken or not self._guest.started:
+            return None
+        finished = self._guest.finished
+        if not finished.done() or finished.cancelled():
+            return None
+        self._outcome_taken = True
+        return finished.result()
+
+    # --- Trio → screen ----------------------------------------------------------------------
+
+    def _emit(self, event: ModelInput) -> None:
+        # Called by Trio code, on this thread: post_message only queues.
+        self.post_message(LinkEvent(event))
+
+    def _scrub(self, text: str) -> str:
+        if self._url != self._shown_url:
+            # Error messages quote the URL as given, or already redacted (RakkaError
+            # redacts registered secrets); show both as the credential-free form.
+            for quoted in (self._url, redact(self._url)):
+                text = text.replace(quoted, self._shown_url)
+        return redact(text)
+
+    def on_link_event(self, message: LinkEvent) -> None:
+        """Fold the event into the model and redraw."""
+        if not self._drawable:
+            return  # shutting down: the widgets are already gone
+        self._apply(message.event)
+        event = message.event
+        if isinstance(event, CommandDone):
+            # The endpoint name is the server's text: shown escaped, never as markup.
+            endpoint = safe_text(event.request.endpoint)
+            if event.ok:
+                self.notify(
+                    f"{endpoint}: {safe_text(event.state or 'done')}",
+                    title=event.request.kind,
+                    markup=False,
+                )
+            else:
+                self.notify(
+                    safe_text(self._scrub(event.error or "failed")),
+                    title=f"{event.request.kind} {endpoint} failed",
+                    severity="error",
+                    markup=False,
+                )
+
+    def _apply(self, event: ModelInput) -> None:
+        self._model, lines = reduce(self._model, event, self._clock())
+        if lines:
+            log = self.query_one("#log", RichLog)
+            wall = self._wall_clock()
+            for line in lines:
+                log.write(_text([Cell(redact(c.text), c.style) for c in log_cells(line, wall)]))
+        # One redraw for a burst of frames (a thousand endpoints' worth of transitions must
+        # not rebuild the table a thousand times).
+        if not self._redraw_pending:
+            self._redraw_pending = True
+            self.call_later(self._redraw)
+
+    @property
+    def _drawable(self) -> bool:
+        # Between mount and the start of shutdown (Textual clears _running first, then
+        # removes the widgets, then still delivers queued messages and timer ticks).
+        return self._mounted and self.is_running
+
+    def _redraw(self) -> None:
+        self._redraw_pending = False
+        if not self._drawable:
+            return
+        now = self._clock()
+        status = [Cell(redact(c.text), c.style) for c in status_cells(self._model, self._url, now)]
+        self.query_one("#status", Static).update(_text(status))
+        self._redraw_table(now)
+        can_command = self._model.can_command
+        if can_command != self._could_command:
+            self._could_command = can_command
+            self.refresh_bindings()
+
+    def _redraw_table(self, now: float) -> None:
+        table = self.query_one("#endpoints", DataTable)
+        rows = table_rows(self._model, now, self._filter)
+        keys = [row.key for row in rows]
+        table.set_class(self._model.link.status is not LinkStatus.CONNECTED, "stale")
+        changed: list[tuple[str, int, Cell]] = []
+        rebuild = keys != self._row_keys
+        if not rebuild:
+            for row in rows:
+                before = self._rendered.get(row.key)
+                for index, cell in enumerate(row.cells):
+                    if before is None or before[index] != cell:
+                        changed.append((row.key, index, cell))
+                        # Wider than its column: let a rebuild size the columns once.
+                        # (update_cell(update_width=True) re-measures the whole column per
+                        # cell, which is quadratic in the number of rows.)
+                        rebuild = rebuild or cell_len(cell.text) > self._widths[index]
+        if rebuild:
+            # Rows came or went, the filter changed or a column must grow: rebuild, keeping
+            # the selection.
+            selected = self.selected_endpoint()
+            table.clear()
+            for row in rows:
+                table.add_row(*(_text([cell]) for cell in row.cells), key=row.key)
+            self._widths = [
+                max([cell_len(title), *(cell_len(row.cells[i].text) for row in rows)])
+                for i, title in enumerate(COLUMNS)
+            ]
+            if selected in keys:
+                table.move_cursor(row=keys.index(selected))
+        else:
+            # Same rows: touch only the cells that changed, so the cursor and scroll stay.
+            for key, index, cell in changed:
+                table.update_cell(key, COLUMNS[index], _text([cell]))
+        self._row_keys = keys
+        self._rendered = {row.key: row.cells for row in rows}
+        self.query_one("#empty", Static).update(self._empty_text(rows))
+
+    def _empty_text(self, rows: list[Row]) -> Text:
+        if rows:
+            return Text("")
+        if self._filter and self._model.endpoints:
+            return Text(f"no endpoint matches the filter {safe_text(self._filter)!r}")
+        if self._model.link.status is LinkStatus.CONNECTED:
+            return Text("the server has no endpoints")
+        return Text("waiting for the server…")
+
+    def selected_endpoint(self) -> str | None:
+        """The endpoint under the table's cursor, if any."""
+        table = self.query_one("#endpoints", DataTable)
+        if table.row_count == 0:
+            return None
+        row_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        return None if row_key.value is None else str(row_key.value)
+
+    # --- bindings -----------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Command keys are greyed out (shown, not usable) unless we are a connected
+        operator."""
+        if action in _COMMAND_ACTIONS:
+            return True if self._model.can_command else None
+        return True
+
+    def on_key(self, event: events.Key) -> None:
+        """Say why a greyed-out command key does nothing."""
+        if event.key in _COMMAND_KEYS and not self._model.can_command and self.screen.is_current:
+            link = self._model.link
+            if link.status is LinkStatus.CONNECTED:
+                hint = "read-only connection (viewer): commands need an operator token"
+            else:
+                hint = "not connected: commands are available once the server is back"
+            self.notify(hint, severity="warning", markup=False)
+
+    def action_force_open(self) -> None:
+        """Ask for duration and reason, then force the selected endpoint's breaker open."""
+        self._ask("force_open")
+
+    def action_disable(self) -> None:
+        """Ask for duration and reason, then disable the selected endpoint's breaker."""
+        self._ask("disable")
+
+    def action_reset(self) -> None:
+        """Confirm, then reset the selected endpoint's breaker."""
+        endpoint = self._target()
+        if endpoint is None:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._send(CommandRequest(kind="reset", endpoint=endpoint))
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Reset {endpoint}",
+                f"Close the breaker of {endpoint} and clear any forced or disabled state?",
+                confirm_label="Reset",
+            ),
+            answered,
+        )
+
+    def action_filter(self) -> None:
+        """Show the filter box and focus it."""
+        box = self.query_one("#filter", FilterInput)
+        box.display = True
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """Narrow the table as the filter is typed."""
+        if event.input.id == "filter":
+            self._filter = event.value.strip()
+            self._redraw_table(self._clock())
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in the filter keeps it and returns to the table."""
+        if event.input.id == "filter":
+            self.query_one("#endpoints", DataTable).focus()
+            if not event.value.strip():
+                event.input.display = False
+
+    def action_help(self) -> None:
+        """Show keys and column meanings."""
+        self.push_screen(HelpScreen())
+
+    def _ask(self, kind: str) -> None:
+        endpoint = self._target()
+        if endpoint is not None:
+            self.push_screen(CommandScreen(kind, endpoint), self._send)
+
+    def _target(self) -> str | None:
+        endpoint = self.selected_endpoint()
+        if endpoint is None:
+            self.notify("no endpoint selected", severity="warning", markup=False)
+        return endpoint
+
+    # --- screen → Trio ------------------------------------------------------------------------
+
+    def _send(self, request: CommandRequest | None) -> None:
+        if request is None:
+            return
+        if not self._model.can_command:
+            # The connection dropped while the dialog was open.
+            self._apply(CommandDone(request=request, ok=False, error="not connected"))
+            return
+        self._apply(CommandSent(request=request))
+        if not self._guest.call_soon(self._link.submit, request, self._command_done):
+            self._apply(CommandDone(request=request, ok=False, error="not connected"))
+
+    def _command_done(self, done: CommandDone) -> None:
+        # Called by Trio code, on this thread.
+        self.post_message(LinkEvent(done))
