@@ -18,3 +18,6 @@ lint:
     uv run ruff format --check .
     uv run mypy
 
+# Open the live console on a control server (token from $RAKKA_TOKEN or --token).
+tui URL *ARGS:
+    uv run rakka-trio tui {{URL}} {{ARGS}}

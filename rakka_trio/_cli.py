@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     from . import _control_cli
 
     _control_cli.add_subcommands(sub)
+
+    # Registers the arguments only: Textual is imported when `tui` actually runs.
+    from rakka_trio_tui._command import add_tui_subcommand
+
+    add_tui_subcommand(sub)
     return parser
 
 
@@ -69,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except KeyboardInterrupt:
             return 130
+    if args.command == "tui":
+        from rakka_trio_tui._command import run_tui_command
+
+        return run_tui_command(args)
     from . import _control_cli
 
     return _control_cli.dispatch(args)
