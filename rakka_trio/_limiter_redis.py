@@ -31,6 +31,7 @@ old state. Nodes that stop heartbeating for ``node_ttl`` seconds are dropped wit
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -185,65 +186,105 @@ return {epoch, created, members, left, held, grants[1], grants[2], grants[3], gr
 """
 )
 
-# ADMIT (strict): take every limit (and a permit) or nothing.
-# ARGV: 1 node, 2 ttl_ms, 3 init_full, 4 max_conc (0: no permit), then 4 dims x (L, B, cost).
-# Returns: admitted (1/0), wait_ms (-1: no permit free), created.
-ADMIT_LUA = (
-    _COMMON
-    + """
-local init_full = ARGV[3] == '1'
-local maxc = tonumber(ARGV[4])
+# ADMIT (strict): take every limit (and a permit) or nothing. Lean on purpose: it runs once per
+# admission, so no helper closures, globals cached in locals, only the limited dimensions, no
+# write on a refusal, and only the state key unless a permit is involved.
+# KEYS: state (and, for permits, nodes and permits). ARGV: 1 node, 2 the numbers packed in one
+# space-separated string (every argument costs the client more than parsing it costs Lua):
+# ttl_ms, init_full, max_conc (0: no permit), n (limited dimensions), n costs, then
+# n x (dimension 1-4, L per minute, burst). Returns one integer (cheaper to parse than an array):
+# 4 * wait_ms + 2 * created + admitted, where wait_ms is -1 when no permit is free.
+ADMIT_LUA = """
+local tonumber, call = tonumber, redis.call
+local S = KEYS[1]
+local t = call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local st = call('HMGET', S, 'e', 'ts', 'p', 'cu', 'l1', 'l2', 'l3', 'l4')
+local created = 0
+local epoch = st[1]
+local ts = tonumber(st[2])
+local p = tonumber(st[3]) or 0
+local cu = tonumber(st[4]) or 0
+local a, m = {}, 0
+for x in string.gmatch(ARGV[2], '%S+') do
+  m = m + 1
+  a[m] = tonumber(x)
+end
+local ttl, full, maxc, n = a[1], a[2] == 1, a[3], a[4]
+if not epoch then
+  created = 1
+  epoch = redis.sha1hex(ARGV[1] .. ':' .. t[1] .. ':' .. t[2])
+  ts = now
+  p = 0
+  cu = 0
+  if KEYS[3] then call('DEL', KEYS[3]) end
+end
 local wait = 0
 if p > now then wait = p - now end
-local levels = {}
-for i = 1, 4 do
-  local b = 4 + (i - 1) * 3
-  local L = tonumber(ARGV[b + 1])
-  if L > 0 then
-    local l = level(i, L, tonumber(ARGV[b + 2]), init_full)
-    local c = tonumber(ARGV[b + 3])
-    levels[i] = l - c
-    if l < c then
-      local w = (c - l) * 60000 / L
-      if w > wait then wait = w end
-    end
+local dt = now - ts
+local upd = {'ts', now}
+local k = 2
+for j = 1, n do
+  local b = 4 + n + (j - 1) * 3
+  local i, L, B, c = a[b + 1], a[b + 2], a[b + 3], a[4 + j]
+  local l = tonumber(st[4 + i])
+  if created == 1 or not l then
+    if full then l = B else l = 0 end
+  else
+    l = l + L * dt / 60000
+    if l > B then l = B end
   end
+  if l < c then
+    local w = (c - l) * 60000 / L
+    if w > wait then wait = w end
+  end
+  upd[k + 1] = 'l' .. i
+  upd[k + 2] = l - c
+  k = k + 2
 end
 if wait == 0 and maxc > 0 and cu >= maxc then
-  purge()
+  local N, C = KEYS[2], KEYS[3]
+  local dead = call('ZRANGEBYSCORE', N, '-inf', now)
+  for _, d in ipairs(dead) do
+    cu = cu - (tonumber(call('HGET', C, d)) or 0)
+    call('HDEL', C, d)
+  end
+  if #dead > 0 then
+    call('ZREMRANGEBYSCORE', N, '-inf', now)
+    if cu < 0 then cu = 0 end
+    call('HSET', S, 'cu', cu)
+  end
   if cu >= maxc then wait = -1 end
 end
 if wait ~= 0 then
   if created == 1 then
-    redis.call('HSET', S, 'e', epoch, 'ts', now, 'p', p, 'cu', cu)
-    expire(tonumber(ARGV[2]))
+    -- Refused at creation: store the initial levels (nothing taken) so the epoch sticks.
+    for j = 1, n do upd[2 + 2 * j] = upd[2 + 2 * j] + a[4 + j] end
+    call('HSET', S, 'e', epoch, 'p', p, 'cu', cu, unpack(upd))
+    call('PEXPIRE', S, math.max(600000, 3 * ttl))
   end
   if wait > 0 then wait = math.ceil(wait) end
-  return {0, wait, created}
+  return wait * 4 + created * 2
 end
-local fields = {'ts', now}
 if created == 1 then
-  table.insert(fields, 'e')
-  table.insert(fields, epoch)
-end
-for i = 1, 4 do
-  if levels[i] then
-    table.insert(fields, 'l' .. i)
-    table.insert(fields, levels[i])
-  end
+  call('HSET', S, 'e', epoch, 'p', p)
+  call('PEXPIRE', S, math.max(600000, 3 * ttl))
 end
 if maxc > 0 then
   cu = cu + 1
-  redis.call('HINCRBY', C, ARGV[1], 1)
-  redis.call('ZADD', N, now + tonumber(ARGV[2]), ARGV[1])
-  table.insert(fields, 'cu')
-  table.insert(fields, cu)
+  call('HINCRBY', KEYS[3], ARGV[1], 1)
+  call('ZADD', KEYS[2], now + ttl, ARGV[1])
+  upd[k + 1] = 'cu'
+  upd[k + 2] = cu
 end
-redis.call('HSET', S, unpack(fields))
-if created == 1 then expire(tonumber(ARGV[2])) end
-return {1, 0, created}
+call('HSET', S, unpack(upd))
+return created * 2 + 1
 """
-)
+
+_SCRIPTS = {
+    "lease": (hashlib.sha1(LEASE_LUA.encode()).hexdigest(), LEASE_LUA),
+    "admit": (hashlib.sha1(ADMIT_LUA.encode()).hexdigest(), ADMIT_LUA),
+}
 
 # Redis failures: protocol/connection errors, timeouts (coredis raises TimeoutError, an
 # OSError), a connection torn down under a request (anyio), and our own backstop deadline.
@@ -278,6 +319,7 @@ class SharedKey(Key):
         super().__init__(label, spec, registry, clock, offset)
         self.backend = backend
         self.redis_keys = [f"{KEY_PREFIX}{{{label}}}:{s}" for s in ("s", "n", "c")]
+        self.state_key = self.redis_keys[:1]
         self.sync_wanted = trio.Event()
         self.not_before = 0.0  # key time
         self.last_sync = clock()
@@ -648,6 +690,7 @@ class StrictKey(SharedKey):
         super().__init__(label, spec, registry, clock, offset, backend)
         self.pending_adjust = [0.0, 0.0, 0.0, 0.0]
         self.pending_admissions = 0  # admissions with a permit sent and not yet answered
+        self._admit_args: tuple[list[int], bytes, bytes, bytes] | None = None
         self.dirty_permits = False
 
     def try_acquire(self, cost: Any) -> float:
@@ -697,25 +740,25 @@ class StrictKey(SharedKey):
             # background): reuse it instead of taking another.
             recycle = self.permits_held >= self._in_flight + self.pending_admissions
         fresh = not self.seen
-        args: list[Any] = [
-            backend.node_id,
-            round(self.spec.limits_config.node_ttl * 1000.0),
-            1 if fresh else 0,
-            0 if recycle or cap is None else cap,
-        ]
-        for d, (limit, burst) in enumerate(self.dims_args()):
-            args += [limit, burst, v[d]]
+        args = self.admit_args(v, fresh, 0 if recycle or cap is None else cap)
+        keys = self.redis_keys if cap is not None and not recycle else self.state_key
         try:
-            # Shielded (the call is bounded by redis_timeout): a cancellation arriving while
-            # Redis decides must not lose an admission it made; it is given back below.
-            with trio.CancelScope(shield=True):
-                reply = await backend.call(self, "admit", args)
+            reply = await backend.call(self, "admit", args, keys)
+        except trio.Cancelled:
+            # Cancelled while Redis decided: whether it admitted is unknown. Assume it did
+            # not (never over-admit): at worst this cost is spent unused, and the permit
+            # count is set right by the next sync, which is asked for now.
+            if cap is not None:
+                self.dirty_permits = True
+                self.signal()
+            raise
         finally:
             if cap is not None:
                 self.pending_admissions -= 1
         if reply is None:
             return self._policy_admit(v, permit, self._clock())
-        admitted, wait_ms, created = int(reply[0]), int(reply[1]), bool(int(reply[2]))
+        packed = int(reply)
+        admitted, created, wait_ms = packed & 1, bool(packed >> 1 & 1), packed >> 2
         if created:
             # Report a loss now; the next heartbeat learns the new epoch without a 2nd report.
             self.observe_epoch(None, True, fresh)
@@ -731,6 +774,29 @@ class StrictKey(SharedKey):
             self._give_back(v, cap is not None)
             raise
         return 0.0
+
+    def admit_args(self, v: Vector, fresh: bool, max_conc: int) -> list[bytes]:
+        """ADMIT's arguments; the unchanging parts are encoded once per limits change."""
+        cached = self._admit_args
+        if cached is None or cached[0] != self.effective:
+            ttl = round(self.spec.limits_config.node_ttl * 1000.0)
+            limits = b" ".join(
+                b"%d %d %r" % (d + 1, self.effective[d], self.effective_burst(d))
+                for d in self.spec.dims
+            )
+            cached = (list(self.effective), self.backend.node_id.encode(), b"%d" % ttl, limits)
+            self._admit_args = cached
+        _, node, ttl_b, limits = cached
+        costs = b" ".join([b"%d" % v[d] for d in self.spec.dims])
+        packed = b"%s %d %d %d %s %s" % (
+            ttl_b,
+            1 if fresh else 0,
+            max_conc,
+            len(self.spec.dims),
+            costs,
+            limits,
+        )
+        return [node, packed]
 
     def _give_back(self, v: Vector, permit: bool) -> None:
         for d in self.spec.dims:
@@ -810,8 +876,6 @@ class RedisBackend:
         self.node_id = registry.node_id
         self.healthy = True
         self.client: coredis.Redis[bytes] | None = None
-        self.lease_script: Any = None
-        self.admit_script: Any = None
         self.round_trips = 0
         self.failures = 0
         self._ready = trio.Event()
@@ -829,23 +893,36 @@ class RedisBackend:
 
     # -- calls ----------------------------------------------------------------------------------
 
-    async def call(self, key: SharedKey, which: str, args: list[Any]) -> Sequence[Any] | None:
-        """Run the ``lease`` or ``admit`` script for ``key``; ``None`` when Redis failed (health
-        is updated)."""
+    async def call(
+        self, key: SharedKey, which: str, args: list[Any], keys: list[str] | None = None
+    ) -> Any:
+        """Run the ``lease`` or ``admit`` script for ``key`` (on ``keys``, default all three):
+        its reply (a list for ``lease``, an integer for ``admit``), or ``None`` when Redis
+        failed (health is updated)."""
         if self.client is None:
             with trio.move_on_after(self.timeout):
                 await self._ready.wait()
             if self.client is None:
                 self._failed("the Redis client is not connected yet")
                 return None
-        script = self.lease_script if which == "lease" else self.admit_script
+        client = self.client
+        sha, source = _SCRIPTS[which]
         self.round_trips += 1
         key.round_trips += 1
         try:
-            # coredis enforces the timeout per command; this is a backstop for a connect
-            # that hangs between its own deadlines.
-            with trio.fail_after(self.timeout * 2 + 0.05):
-                reply = await script(keys=key.redis_keys, args=args)
+            # coredis bounds every command (connect_timeout, stream_timeout = redis_timeout);
+            # no cancel scope of our own here: each costs several microseconds in the strict
+            # hot path. EVALSHA directly: coredis's Script wrapper costs more than the Lua
+            # itself, and a NoScriptError (a restart flushed the script cache) is rare.
+            if keys is None:
+                keys = key.redis_keys
+            try:
+                reply = await client.evalsha(sha, keys=keys, args=args)
+            except coredis.exceptions.NoScriptError:
+                await client.script_load(source)
+                self.round_trips += 1
+                key.round_trips += 1
+                reply = await client.evalsha(sha, keys=keys, args=args)
         except _FAILURES as exc:
             if isinstance(exc, coredis.exceptions.ResponseError) and not isinstance(
                 exc, coredis.exceptions.NoScriptError
@@ -854,7 +931,10 @@ class RedisBackend:
             self._failed(f"{type(exc).__name__}: {exc}")
             return None
         self._ok()
-        return list(reply)
+        if not isinstance(reply, list if which == "lease" else int):
+            self._failed(f"unexpected {which} script reply {type(reply).__name__}")
+            return None
+        return reply
 
     def _failed(self, error: str) -> None:
         self.failures += 1
@@ -896,8 +976,6 @@ class RedisBackend:
         )
         async with client:
             self.client = client
-            self.lease_script = client.register_script(LEASE_LUA)
-            self.admit_script = client.register_script(ADMIT_LUA)
             self._ready.set()
             try:
                 async with trio.open_nursery() as nursery:
@@ -950,8 +1028,6 @@ class RedisBackend:
         )
         async with client:
             self.client = client
-            self.lease_script = client.register_script(LEASE_LUA)
-            self.admit_script = client.register_script(ADMIT_LUA)
             async with trio.open_nursery() as nursery:
                 for key in keys:
                     nursery.start_soon(partial(self._sync, key, leave=True))
