@@ -420,12 +420,10 @@ class Endpoint:
                 raise error
             adapter = stream_adapter_for(cfg.provider, endpoint=cfg.name)
             events = await stack.enter_async_context(
-                aiter_sse(
-                    response,
-                    read_gap=cfg.timeouts.read_gap,
-                    provider=cfg.provider,
-                    endpoint=cfg.name,
-                )
+                # The read gap is already enforced per socket read by the client's read
+                # timeout (mapped to Timeout(phase="read_gap")); a second cancel scope per
+                # event would only cost time on the hot path.
+                aiter_sse(response, read_gap=None, provider=cfg.provider, endpoint=cfg.name)
             )
             pending: list[StreamChunk] = []
             eof = False
