@@ -128,7 +128,7 @@ async def test_frames_are_relayed_and_a_lost_connection_is_retried(
 async def test_a_healthy_connection_resets_the_backoff(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    server = FakeServer()
+    server = FakeServer(stats_interval=3600)  # no stats due: silence is fine here
     emit = Recorder()
     link = ControlLink(server.connect, emit)
     with trio.fail_after(600):
@@ -144,6 +144,30 @@ async def test_a_healthy_connection_resets_the_backoff(
             await emit.until(Connected, count=4)
             nursery.cancel_scope.cancel()
     assert [e.attempt for e in emit.events if isinstance(e, Disconnected)] == [1, 2, 1]
+
+
+async def test_a_silent_connection_is_dropped_and_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Stats every second: 15 s without any frame means the peer is gone (a vanished host
+    # leaves the TCP connection open), so the link reconnects instead of waiting forever.
+    server = FakeServer(stats_interval=1.0)
+    emit = Recorder()
+    link = ControlLink(server.connect, emit)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.run)
+            await emit.until(Connected)
+            for _ in range(4):  # a frame every 10 s keeps it alive
+                await trio.sleep(10)
+                assert server.client is not None
+                server.client.deliver(stats(endpoint("a")))
+            assert server.connections == 1
+            await emit.until(Connected, count=2)
+            nursery.cancel_scope.cancel()
+    (drop,) = [e for e in emit.events if isinstance(e, Disconnected)]
+    assert drop.reason == "no frame from the server for 15s (stats are due every 1s)"
+    assert server.connections == 2
 
 
 async def test_a_refused_token_ends_the_link() -> None:

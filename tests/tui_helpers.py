@@ -71,13 +71,15 @@ def snapshot(*endpoints: proto.EndpointState, node_id: str = "node-1") -> proto.
     return proto.Snapshot(node_id=node_id, wall=1_700_000_000.0, endpoints=list(endpoints))
 
 
-def welcome(role: str, *endpoints: proto.EndpointState) -> proto.WelcomeFrame:
+def welcome(
+    role: str, *endpoints: proto.EndpointState, stats_interval: float = 1.0
+) -> proto.WelcomeFrame:
     """The server's greeting with ``role`` and a first snapshot."""
     return proto.WelcomeFrame(
         protocol=1,
         role=role,
         server="rakka-trio/test",
-        stats_interval=1.0,
+        stats_interval=stats_interval,
         snapshot=snapshot(*endpoints),
     )
 
@@ -182,14 +184,21 @@ class FakeServer:
 
     ``refuse`` (a message) makes connection attempts fail as if the server were down;
     ``reject_token`` makes them fail authentication. ``sent`` records every command.
+    ``stats_interval`` is what the welcome promises (the link treats a connection silent for
+    several intervals as dead; the fake sends nothing on its own).
     :meth:`push` and :meth:`drop` may be called from the asyncio side (they hop into the
     Trio run through its token).
     """
 
     def __init__(
-        self, *, role: str = "operator", endpoints: tuple[proto.EndpointState, ...] | None = None
+        self,
+        *,
+        role: str = "operator",
+        endpoints: tuple[proto.EndpointState, ...] | None = None,
+        stats_interval: float = 1.0,
     ) -> None:
         self.role = role
+        self.stats_interval = stats_interval
         self.endpoints = list(DEFAULT_ENDPOINTS if endpoints is None else endpoints)
         self.sent: list[Command] = []
         self.refuse: str | None = None
@@ -208,7 +217,8 @@ class FakeServer:
         if self.refuse is not None:
             raise ControlConnectionError(self.refuse, code="connect_failed")
         self.connections += 1
-        client = FakeClient(self, welcome(self.role, *self.endpoints))
+        greeting = welcome(self.role, *self.endpoints, stats_interval=self.stats_interval)
+        client = FakeClient(self, greeting)
         self.client = client
         try:
             yield client

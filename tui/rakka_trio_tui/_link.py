@@ -40,6 +40,11 @@ Command: TypeAlias = proto.ForceOpen | proto.Reset | proto.Disable | proto.GetSt
 
 # A connection that stayed up this long was healthy: the next loss starts the backoff over.
 _HEALTHY_AFTER = 10.0
+# The server sends stats every ``stats_interval``: this many missed in a row (and at least
+# _SILENT_MINIMUM seconds of silence) means the connection is dead without having said so
+# (a peer that vanished leaves TCP open), so drop it and reconnect.
+_SILENT_INTERVALS = 5
+_SILENT_MINIMUM = 15.0
 
 
 class ClientLike(Protocol):
@@ -179,11 +184,11 @@ class ControlLink:
                     self._client = client
                     try:
                         self._emit(Connected(welcome=client.welcome))
-                        await self._relay(client)
+                        silent = await self._relay(client)
                     finally:
                         self._client = None
                 closed = client.closed
-                reason = "connection lost: " + (closed.describe() if closed else "closed")
+                reason = silent or "connection lost: " + (closed.describe() if closed else "closed")
             except ControlAuthError as exc:
                 self._emit(Disconnected(reason=self._scrub(str(exc)), retry_in=None, attempt=retry))
                 return
@@ -203,13 +208,22 @@ class ControlLink:
             self._emit(Disconnected(reason=reason, retry_in=delay, attempt=retry))
             await trio.sleep(delay)
 
-    async def _relay(self, client: ClientLike) -> None:
-        """Forward frames until the connection ends."""
+    async def _relay(self, client: ClientLike) -> str | None:
+        """Forward frames until the connection ends (``None``) or falls silent for longer
+        than the server's stats rhythm allows (the reason, as text)."""
+        interval = client.welcome.stats_interval
+        limit = max(_SILENT_MINIMUM, _SILENT_INTERVALS * interval) if interval > 0 else math.inf
         while True:
-            try:
-                frame = await client.receive()
-            except trio.EndOfChannel:
-                return
+            frame: proto.ServerFrame | proto.UnknownFrame | None = None
+            with trio.move_on_after(limit):
+                try:
+                    frame = await client.receive()
+                except trio.EndOfChannel:
+                    return None
+            if frame is None:
+                return (
+                    f"no frame from the server for {limit:g}s (stats are due every {interval:g}s)"
+                )
             self._emit(frame)
             if isinstance(frame, proto.LaggedFrame | proto.EndpointAddedFrame):
                 # Transitions were missed, or a new endpoint has no row yet: ask for the
