@@ -23,6 +23,7 @@ from tests.conftest import RedisServer
 pytestmark = pytest.mark.trio
 
 WORKER = Path(__file__).with_name("limiter_worker.py")
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "shared_rate_limit.py"
 NODES = 4
 RATE = 200.0  # per second (12 000 per minute)
 BURST = 40
@@ -96,3 +97,16 @@ async def test_four_processes_at_twice_the_limit(redis_server: RedisServer) -> N
     assert admitted <= limit  # escrow: no over-spend at all
     assert admitted >= 0.95 * (BURST + RATE * common)
     assert all(r["admitted"] > 0 for r in results)  # every node got a share
+
+
+async def test_the_shared_limit_example(redis_server: RedisServer) -> None:
+    with trio.fail_after(45):
+        proc = await trio.run_process(
+            [sys.executable, str(EXAMPLE), redis_server.url, "--seconds", "1.5"],
+            capture_stdout=True,
+            check=False,
+        )
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, out
+    assert "node-a: admitted" in out and "node-b: admitted" in out
+    assert "together:" in out

@@ -186,6 +186,43 @@ async def test_strict_settlements_and_waiting(redis_server: RedisServer) -> None
             assert 0.2 <= trio.current_time() - start < 1.5
 
 
+async def test_strict_cancelled_waiter_consumes_nothing(redis_server: RedisServer) -> None:
+    limits = {"mode": "strict", "requests_per_minute": 60, "requests_burst": 1}
+    async with nodes(redis_server.url, 1, **limits) as (sup,):
+        h = sup.limiter("ep")
+        with trio.fail_after(5):
+            await h.acquire()
+            start = trio.current_time()
+            done: list[float] = []
+
+            async def second() -> None:
+                await h.acquire()
+                done.append(trio.current_time() - start)
+
+            async with trio.open_nursery() as n:
+                with trio.move_on_after(0.3):
+                    async with trio.open_nursery() as inner:
+                        inner.start_soon(h.acquire)  # waits in line for the refill
+                        await trio.sleep(0.05)
+                        n.start_soon(second)
+                        await trio.sleep_forever()
+        # The cancelled head took nothing: the second waiter got the refill at ~1 s, not ~2 s.
+        assert done and 0.7 <= done[0] <= 1.6
+        assert h.statistics().keys[0].cancelled == 1
+
+
+async def test_approximate_settle_refunds_into_the_escrow(redis_server: RedisServer) -> None:
+    async with nodes(redis_server.url, 1, tokens_per_minute=60_000) as (sup,):
+        h = sup.limiter("ep")
+        with trio.fail_after(5):
+            r = await h.reserve(rk.Cost(input_tokens=500))
+            before = h.statistics().keys[0].limits[0].available
+            r.settle(rk.Cost(input_tokens=100))
+            after = h.statistics().keys[0].limits[0].available
+            assert after == pytest.approx(before + 400)
+            r.release()
+
+
 async def test_strict_concurrency_spans_nodes_and_dead_nodes_are_reclaimed(
     redis_server: RedisServer,
 ) -> None:
