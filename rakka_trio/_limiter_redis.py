@@ -798,6 +798,11 @@ class StrictKey(SharedKey):
         )
         return [node, packed]
 
+    def retighten(self, spec: KeySpec) -> None:
+        super().retighten(spec)
+        self._admit_args = None
+        self.fallback_bucket = None
+
     def _give_back(self, v: Vector, permit: bool) -> None:
         for d in self.spec.dims:
             self.pending_adjust[d] -= v[d]
