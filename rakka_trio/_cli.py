@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=_positive_float, default=10.0, help="seconds to run (default 10)"
     )
     demo.add_argument(
+        "--tui",
+        action="store_true",
+        help="attach the operator console (Textual) to the demo's control server",
+    )
+    demo.add_argument(
         "--redis",
         metavar="URL",
         default=None,
@@ -71,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
                 concurrency=args.concurrency,
                 redis_url=args.redis,
+                tui=args.tui,
             )
         except KeyboardInterrupt:
             return 130

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
+import queue
 import secrets
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
@@ -376,11 +380,20 @@ def run_demo(
     seed: int = 1,
     concurrency: int = 8,
     redis_url: str | None = None,
+    tui: bool = False,
     console: Console | None = None,
 ) -> int:
     """Run the demo in a fresh Trio run; returns the process exit status (0 when the breaker
-    visibly tripped and recovered)."""
+    visibly tripped and recovered). With ``tui`` the operator console is attached to it."""
     console = console or Console()
+    if tui:
+        return _run_with_tui(
+            duration=duration,
+            seed=seed,
+            concurrency=concurrency,
+            redis_url=redis_url,
+            console=console,
+        )
     report = trio.run(
         functools.partial(
             demo_main,
@@ -391,4 +404,67 @@ def run_demo(
             redis_url=redis_url,
         )
     )
+    return 0 if report.trips >= 1 and report.recoveries >= 1 else 1
+
+
+def _run_with_tui(
+    *, duration: float, seed: int, concurrency: int, redis_url: str | None, console: Console
+) -> int:
+    """The demo in a worker thread (its own Trio run) and the TUI in this one, attached to the
+    demo's control server. The demo's own output is kept until the TUI closes, then printed;
+    quitting the TUI early stops the demo."""
+    from rakka_trio_tui._command import run_tui
+
+    captured = Console(file=io.StringIO(), width=console.width, force_terminal=False)
+    ready: queue.Queue[tuple[str, str] | BaseException] = queue.Queue()
+    results: list[DemoReport] = []
+    stop: list[Callable[[], None]] = []
+
+    async def main() -> None:
+        def on_ready(sup: Supervisor, control: ControlServer, token: str) -> None:
+            trio_token = trio.lowlevel.current_trio_token()
+            stop.append(lambda: trio.from_thread.run_sync(scope.cancel, trio_token=trio_token))
+            ready.put((control.url, token))
+
+        with trio.CancelScope() as scope:
+            results.append(
+                await demo_main(
+                    duration=duration,
+                    seed=seed,
+                    concurrency=concurrency,
+                    console=captured,
+                    redis_url=redis_url,
+                    live=False,
+                    on_ready=on_ready,
+                )
+            )
+
+    def worker() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:  # handed to the main thread, which reports it
+            ready.put(exc)
+
+    thread = threading.Thread(target=worker, name="rakka-trio-demo", daemon=True)
+    thread.start()
+    first = ready.get(timeout=60)
+    if isinstance(first, BaseException):
+        raise first
+    url, token = first
+    load_ends = time.monotonic() + duration
+    try:
+        run_tui(url, token=token, client_name="demo-tui")
+    finally:
+        # Quitting the console before the incident is over stops the demo; after that, the
+        # demo is only writing its report, so let it finish.
+        if thread.is_alive() and stop and time.monotonic() < load_ends:
+            with contextlib.suppress(trio.RunFinishedError):
+                stop[0]()
+        thread.join(timeout=30)
+    output = captured.file.getvalue() if isinstance(captured.file, io.StringIO) else ""
+    console.print(output, end="", markup=False, highlight=False)
+    if not results:
+        console.print("(the demo was stopped before its end)")
+        return 1
+    report = results[0]
     return 0 if report.trips >= 1 and report.recoveries >= 1 else 1
