@@ -90,8 +90,9 @@ local dt = now - ts
 local function purge()
   local dead = redis.call('ZRANGEBYSCORE', N, '-inf', now)
   for _, d in ipairs(dead) do
-    cu = cu - (tonumber(redis.call('HGET', C, d)) or 0)
-    redis.call('HDEL', C, d)
+    local gr = redis.call('HMGET', C, d .. ':g', d .. ':r')
+    cu = cu - ((tonumber(gr[1]) or 0) - (tonumber(gr[2]) or 0))
+    redis.call('HDEL', C, d .. ':g', d .. ':r')
   end
   if #dead > 0 then
     redis.call('ZREMRANGEBYSCORE', N, '-inf', now)
@@ -115,10 +116,15 @@ local function expire(ttl)
 end
 """
 
-# LEASE: heartbeat, top up / give back escrow, charge debts, clamp, pause, set permits held.
-# ARGV: 1 node, 2 ttl_ms, 3 init_full, 4 leave, 5 pause_ms, 6 max_conc, 7 permits_want (-1: keep),
-#       then 4 dims x (L, B, want, give, charge, clamp (-1: none)) from ARGV[8].
-# Returns: epoch, created, members, pause_left_ms, permits_held, grant x4, level x4.
+# LEASE: heartbeat, top up / give back escrow, charge debts, clamp, pause, permits.
+# Permits are two monotone totals per node in C, granted (<node>:g) and released (<node>:r);
+# the node holds g - r. Totals, unlike a "held" count, make a heartbeat and an admission that
+# cross in flight commute. Approximate nodes ask for a number to hold (ARGV 7); strict nodes
+# report their release total (ARGV 8, applied as a maximum).
+# ARGV: 1 node, 2 ttl_ms, 3 init_full, 4 leave, 5 pause_ms, 6 max_conc, 7 permits_want
+#       (-1: keep), 8 released_total (-1: none), then 4 dims x (L, B, want, give, charge,
+#       clamp (-1: none)) from ARGV[9].
+# Returns: epoch, created, members, pause_left_ms, permits_held, grant x4, level x4, granted.
 LEASE_LUA = (
     _COMMON
     + """
@@ -140,7 +146,7 @@ local grants = {0, 0, 0, 0}
 local levels = {0, 0, 0, 0}
 local fields = {'e', epoch, 'ts', now, 'p', p}
 for i = 1, 4 do
-  local b = 7 + (i - 1) * 6
+  local b = 8 + (i - 1) * 6
   local L = tonumber(ARGV[b + 1])
   if L > 0 then
     local B = tonumber(ARGV[b + 2])
@@ -159,21 +165,41 @@ for i = 1, 4 do
     table.insert(fields, l)
   end
 end
-local held = tonumber(redis.call('HGET', C, node)) or 0
+local gr = redis.call('HMGET', C, node .. ':g', node .. ':r')
+local g, r = tonumber(gr[1]) or 0, tonumber(gr[2]) or 0
 local want_p = tonumber(ARGV[7])
-if leave then want_p = 0 end
-if want_p >= 0 then
-  local target = want_p
-  local maxc = tonumber(ARGV[6])
-  if maxc > 0 and target > held then
-    local free = maxc - cu
-    if free < 0 then free = 0 end
-    target = math.min(target, held + free)
-  end
-  cu = cu + target - held
-  held = target
-  if held > 0 then redis.call('HSET', C, node, held) else redis.call('HDEL', C, node) end
+local released = tonumber(ARGV[8])
+if leave then
+  released = g
+  want_p = -1
 end
+if released > r then
+  if released > g then released = g end
+  cu = cu - (released - r)
+  r = released
+end
+if want_p >= 0 then
+  local held = g - r
+  if want_p > held then
+    local free = tonumber(ARGV[6]) - cu
+    if free < 0 then free = 0 end
+    local more = math.min(want_p - held, free)
+    g = g + more
+    cu = cu + more
+  elseif want_p < held then
+    r = r + held - want_p
+    cu = cu - (held - want_p)
+  end
+end
+if cu < 0 then cu = 0 end
+if g > r then
+  redis.call('HSET', C, node .. ':g', g, node .. ':r', r)
+else
+  redis.call('HDEL', C, node .. ':g', node .. ':r')
+  g = 0
+  r = 0
+end
+local held = g - r
 table.insert(fields, 'cu')
 table.insert(fields, cu)
 redis.call('HSET', S, unpack(fields))
@@ -182,7 +208,7 @@ local left = 0
 if p > now then left = math.ceil(p - now) end
 return {epoch, created, members, left, held, grants[1], grants[2], grants[3], grants[4],
         math.floor(levels[1]), math.floor(levels[2]), math.floor(levels[3]),
-        math.floor(levels[4])}
+        math.floor(levels[4]), g}
 """
 )
 
@@ -246,8 +272,9 @@ if wait == 0 and maxc > 0 and cu >= maxc then
   local N, C = KEYS[2], KEYS[3]
   local dead = call('ZRANGEBYSCORE', N, '-inf', now)
   for _, d in ipairs(dead) do
-    cu = cu - (tonumber(call('HGET', C, d)) or 0)
-    call('HDEL', C, d)
+    local gr = call('HMGET', C, d .. ':g', d .. ':r')
+    cu = cu - ((tonumber(gr[1]) or 0) - (tonumber(gr[2]) or 0))
+    call('HDEL', C, d .. ':g', d .. ':r')
   end
   if #dead > 0 then
     call('ZREMRANGEBYSCORE', N, '-inf', now)
@@ -272,7 +299,7 @@ if created == 1 then
 end
 if maxc > 0 then
   cu = cu + 1
-  call('HINCRBY', KEYS[3], ARGV[1], 1)
+  call('HINCRBY', KEYS[3], ARGV[1] .. ':g', 1)
   call('ZADD', KEYS[2], now + ttl, ARGV[1])
   upd[k + 1] = 'cu'
   upd[k + 2] = cu
@@ -320,6 +347,7 @@ class SharedKey(Key):
         self.backend = backend
         self.redis_keys = [f"{KEY_PREFIX}{{{label}}}:{s}" for s in ("s", "n", "c")]
         self.state_key = self.redis_keys[:1]
+        self._bursts_cache: tuple[list[int], list[float]] | None = None
         self.sync_wanted = trio.Event()
         self.not_before = 0.0  # key time
         self.last_sync = clock()
@@ -351,7 +379,14 @@ class SharedKey(Key):
         return float(min(self.spec.bursts[d], self.effective[d]))
 
     def _bursts(self) -> list[float]:
-        return [self.effective_burst(d) if self.spec.limits[d] else 0.0 for d in range(4)]
+        # Read on every strict admission (the burst check): recomputed only when the
+        # effective limits change.
+        cached = self._bursts_cache
+        if cached is None or cached[0] != self.effective:
+            bursts = [self.effective_burst(d) if self.spec.limits[d] else 0.0 for d in range(4)]
+            cached = (list(self.effective), bursts)
+            self._bursts_cache = cached
+        return cached[1]
 
     def dims_args(self) -> list[tuple[int, float]]:
         """``(L, B)`` per dimension as the scripts expect (0 for unlimited)."""
@@ -426,11 +461,15 @@ class SharedKey(Key):
         lost it (restart, eviction)."""
         changed = epoch is not None and self.epoch is not None and epoch != self.epoch
         if (created and not fresh) or changed:
+            self.state_lost()
             self.state_resets += 1
             log.warning("limiter %s: Redis lost the shared state; re-created it", self.label)
             self.registry.publish(LimiterStateLost(at=trio.current_time(), key=self.label))
         self.epoch = epoch
         self.seen = True
+
+    def state_lost(self) -> None:
+        """Redis lost the shared state (strict keys reset their permit totals)."""
 
     def apply_pause(self, left_ms: int, now: float) -> None:
         """Adopt a pause another node published."""
@@ -453,7 +492,9 @@ class SharedKey(Key):
         """Undo what :meth:`lease_args` moved out."""
         raise NotImplementedError
 
-    def common_args(self, now: float, leave: bool, permits_want: int) -> list[Any]:
+    def common_args(
+        self, now: float, leave: bool, permits_want: int, released: int = -1
+    ) -> list[Any]:
         """The LEASE arguments before the per-dimension ones."""
         pause_ms = self.pending_pause
         self.pending_pause = 0.0
@@ -468,6 +509,7 @@ class SharedKey(Key):
             round(pause_ms),
             cap or 0,
             permits_want if cap is not None else -1,
+            released if cap is not None else -1,
         ]
 
     def common_done(self, reply: Sequence[Any], now: float) -> list[int]:
@@ -670,6 +712,7 @@ class ApproximateKey(SharedKey):
 
     def retighten(self, spec: KeySpec) -> None:
         super().retighten(spec)
+        self._bursts_cache = None
         self.fallback_bucket = None
 
 
@@ -689,9 +732,14 @@ class StrictKey(SharedKey):
     ) -> None:
         super().__init__(label, spec, registry, clock, offset, backend)
         self.pending_adjust = [0.0, 0.0, 0.0, 0.0]
-        self.pending_admissions = 0  # admissions with a permit sent and not yet answered
         self._admit_args: tuple[list[int], bytes, bytes, bytes] | None = None
-        self.dirty_permits = False
+        # Permits, against Redis's monotone per-node totals granted (g) and released (r):
+        self.known_grants = 0  # grants this node was told about
+        self.released = 0  # releases reported (or being reported)
+        self.unknown_released = 0  # grants it never heard of (cancelled mid-call), released
+        self.pending_grants = 0  # admissions asking Redis for a permit, not yet answered
+        self.spares = 0  # permits held in Redis, free here: reused before the next sync
+        self.local_permits = 0  # permits in use that Redis never granted (failure policy)
 
     def try_acquire(self, cost: Any) -> float:
         raise TypeError(
@@ -733,29 +781,33 @@ class StrictKey(SharedKey):
         if not backend.healthy:
             return self._policy_admit(v, permit, now)
         cap = self.spec.max_concurrent if permit else None
-        recycle = False
-        if cap is not None:
-            self.pending_admissions += 1
-            # Redis still counts a permit this node released (the release syncs in the
-            # background): reuse it instead of taking another.
-            recycle = self.permits_held >= self._in_flight + self.pending_admissions
+        # A permit this node released is still counted in Redis until the next sync: reuse
+        # it (a rates-only admission) instead of asking for another.
+        spare = cap is not None and self.spares > 0
+        if spare:
+            self.spares -= 1
+        elif cap is not None:
+            self.pending_grants += 1
         fresh = not self.seen
-        args = self.admit_args(v, fresh, 0 if recycle or cap is None else cap)
-        keys = self.redis_keys if cap is not None and not recycle else self.state_key
+        ask = cap is not None and not spare
+        args = self.admit_args(v, fresh, cap if ask and cap is not None else 0)
         try:
-            reply = await backend.call(self, "admit", args, keys)
+            reply = await backend.call(
+                self, "admit", args, self.redis_keys if ask else self.state_key
+            )
         except trio.Cancelled:
             # Cancelled while Redis decided: whether it admitted is unknown. Assume it did
-            # not (never over-admit): at worst this cost is spent unused, and the permit
-            # count is set right by the next sync, which is asked for now.
-            if cap is not None:
-                self.dirty_permits = True
-                self.signal()
+            # not (never over-admit): at worst this cost is spent unused. A permit it may
+            # have granted is found by the next sync (granted total > known) and released.
+            if spare:
+                self.spares += 1
             raise
         finally:
-            if cap is not None:
-                self.pending_admissions -= 1
+            if ask:
+                self.pending_grants -= 1
         if reply is None:
+            if spare:
+                self.spares += 1
             return self._policy_admit(v, permit, self._clock())
         packed = int(reply)
         admitted, created, wait_ms = packed & 1, bool(packed >> 1 & 1), packed >> 2
@@ -764,10 +816,12 @@ class StrictKey(SharedKey):
             self.observe_epoch(None, True, fresh)
         self.seen = True
         if not admitted:
+            if spare:
+                self.spares += 1
             # No permit free anywhere: poll, since another node's release can't wake us.
             return 0.05 if wait_ms < 0 else wait_ms / 1000.0
-        if cap is not None and not recycle:
-            self.permits_held += 1
+        if ask:
+            self.known_grants += 1
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
         except trio.Cancelled:
@@ -801,20 +855,28 @@ class StrictKey(SharedKey):
     def retighten(self, spec: KeySpec) -> None:
         super().retighten(spec)
         self._admit_args = None
+        self._bursts_cache = None
         self.fallback_bucket = None
 
     def _give_back(self, v: Vector, permit: bool) -> None:
         for d in self.spec.dims:
             self.pending_adjust[d] -= v[d]
         if permit:
-            self.dirty_permits = True
+            self.spares += 1
         self.signal()
 
     def _policy_admit(self, v: Vector, permit: bool, now: float) -> float:
         wait = super()._policy_admit(v, permit, now)
-        if not wait and permit:
-            self.dirty_permits = True
+        if not wait and permit and self.spec.max_concurrent is not None:
+            self.local_permits += 1
         return wait
+
+    def state_lost(self) -> None:
+        # Redis forgot every grant: start the totals afresh. Permits in use now were granted
+        # by the lost state; they end locally (a transient excess of at most what was in
+        # flight, gone when those calls finish).
+        self.local_permits = self._in_flight
+        self.known_grants = self.released = self.unknown_released = self.spares = 0
 
     def _estimate(self, v: Vector, now: float, ahead: list[float] | None) -> float:
         wait = 0.0
@@ -833,8 +895,11 @@ class StrictKey(SharedKey):
         return [self.remote_levels[d] for d in self.spec.dims]
 
     def _on_release(self) -> None:
-        self.dirty_permits = True
-        self.signal()
+        if self.local_permits > 0:
+            self.local_permits -= 1
+        else:
+            self.spares += 1
+            self.signal()  # released to Redis at the next sync unless reused before
 
     def lease_args(self, now: float, leave: bool) -> tuple[list[Any], Any]:
         adjust = self.pending_adjust
@@ -842,28 +907,36 @@ class StrictKey(SharedKey):
         charges = self.charges()
         clamps = self.pending_clamp
         self.pending_clamp = {}
-        permits = 0 if leave else self._in_flight + self.pending_admissions
-        self.dirty_permits = False
-        args = self.common_args(now, leave, permits)
+        moved, self.spares = self.spares, 0
+        self.released += moved
+        args = self.common_args(now, leave, -1, self.released + self.unknown_released)
         for d, (limit, burst) in enumerate(self.dims_args()):
             give = max(-adjust[d], 0.0)
             charge = max(adjust[d], 0.0) + charges[d]
             args += [limit, burst, 0, give, charge, clamps.get(d, -1)]
-        return args, (adjust, charges, clamps)
+        return args, (adjust, charges, clamps, moved)
 
     def lease_done(self, reply: Sequence[Any], pending: Any, now: float) -> None:
         self.common_done(reply, now)
+        if self.spec.max_concurrent is not None:
+            # Grants Redis made that this node never heard of (an admission cancelled while
+            # in flight): release them. Answers still on their way are pending, not unknown.
+            unknown = int(reply[13]) - self.known_grants - self.pending_grants
+            if unknown > self.unknown_released:
+                self.unknown_released = unknown
+                self.signal()
         self.not_before = now + _MIN_GAP
         self.wake_head()
 
     def lease_failed(self, pending: Any) -> None:
-        adjust, charges, clamps = pending
+        adjust, charges, clamps, moved = pending
+        self.released -= moved
+        self.spares += moved
         for d in self.spec.dims:
             self.pending_adjust[d] += adjust[d]
             self.unsynced[d] += charges[d]
         for d, remaining in clamps.items():
             self.pending_clamp.setdefault(d, remaining)
-        self.dirty_permits = True
 
 
 class RedisBackend:

@@ -20,6 +20,7 @@ import trio
 import trio.testing
 
 import rakka_trio as rk
+from rakka_trio._limiter_redis import StrictKey
 from tests.conftest import RedisServer, _free_port
 
 pytestmark = pytest.mark.trio
@@ -247,12 +248,46 @@ async def test_strict_concurrency_spans_nodes_and_dead_nodes_are_reclaimed(
                 base = f"rakka:rl:{{{label}}}"
                 now_ms = int(time.time() * 1000)
                 await client.zadd(f"{base}:n", {"dead-node": now_ms + 700})
-                await client.hset(f"{base}:c", {"dead-node": 2})
+                await client.hset(f"{base}:c", {"dead-node:g": 2, "dead-node:r": 0})
                 await client.hincrby(f"{base}:s", "cu", 2)
             start = trio.current_time()
             r4 = await b.reserve(max_wait=5.0)
             assert trio.current_time() - start >= 0.3  # not before the dead node expired
             r4.release()
+
+
+async def test_strict_permit_counts_survive_crossing_calls(redis_server: RedisServer) -> None:
+    # Heartbeats and admissions cross in flight (a fresh key syncs while the first admissions
+    # run): the permit totals must still count every grant.
+    for _ in range(5):
+        limits = {"mode": "strict", "max_concurrent": 2, "model": family()}
+        async with nodes(redis_server.url, 2, **limits) as sups:
+            a, b = (s.limiter("ep") for s in sups)
+            with trio.fail_after(5):
+                held = [await a.reserve(), await a.reserve()]
+                await trio.sleep(0.5)  # a few heartbeats later
+                with pytest.raises(rk.RateLimitExceeded):
+                    await b.reserve(max_wait=0.1)
+                for r in held:
+                    r.release()
+
+
+async def test_strict_unknown_grants_are_released(redis_server: RedisServer) -> None:
+    """A permit Redis granted but the node never heard of (its admission was cancelled in
+    flight) is found by the next sync and given back."""
+    limits = {"mode": "strict", "max_concurrent": 1, "model": family()}
+    async with nodes(redis_server.url, 2, **limits) as sups:
+        a, b = (s.limiter("ep") for s in sups)
+        key = a._key(None)
+        assert isinstance(key, StrictKey)
+        with trio.fail_after(5):
+            await a.acquire()  # the state exists
+            # An admission whose answer never reached the node.
+            args = key.admit_args(rk.Cost()._v, False, 1)
+            assert await key.backend.call(key, "admit", args, key.redis_keys) & 1
+            with pytest.raises(rk.RateLimitExceeded):
+                await b.reserve(max_wait=0)
+            (await b.reserve(max_wait=3.0)).release()
 
 
 async def test_a_429_pauses_every_node(redis_server: RedisServer) -> None:
