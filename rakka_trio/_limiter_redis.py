@@ -3,7 +3,8 @@
 Redis holds, per key, one token bucket per limit refilled by Redis's own clock (``TIME``), so
 every node sees the same budget. Three Redis keys share one hash tag (cluster-safe):
 ``<prefix>{<label>}:s`` (levels, refill time, pause, epoch, permits in use), ``:n`` (live nodes,
-scored by heartbeat expiry) and ``:c`` (concurrency permits held per node).
+scored by heartbeat expiry) and ``:c`` (each node's concurrency permits as monotone granted and
+released totals, so heartbeats and admissions that cross in flight commute).
 
 ``approximate`` — escrow leases (bounded counter). A node *leases* tokens out of the shared
 bucket and spends them locally at memory speed; a background task tops the escrow up before it
