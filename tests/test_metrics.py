@@ -154,7 +154,9 @@ async def test_metrics_match_known_traffic(mock: MockProvider) -> None:
     # covers completed calls (ok and filtered); one request went through the engine queue.
     assert (m.ttft.count, m.latency.count, m.queue_wait.count) == (7, 6, 1)
     assert m.ttft.p50 is not None and m.latency.p50 is not None
-    assert 0 < m.ttft.p50 <= m.latency.p50 < 1.0
+    # Different populations (ttft also covers the cancelled call), so no order between the
+    # two medians is guaranteed; each is a real, small, loopback duration.
+    assert 0 < m.ttft.p50 < 1.0 and 0 < m.latency.p50 < 1.0
     assert m.tokens.output >= 5 * 9 and m.tokens.input >= 5
     ok_cost = 5 * (0.10 + 1.80)
     assert m.cost >= ok_cost - 1e-9
