@@ -61,3 +61,14 @@ async def test_real_providers_example_skips_without_keys(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used-000000")
     (only,) = module.configured_endpoints()
     assert only.name == "openai" and only.credential == rk.EnvCredential("OPENAI_API_KEY")
+
+
+async def test_incident_drill(capsys: pytest.CaptureFixture[str]) -> None:
+    with trio.fail_after(60):
+        phases = await load("incident_drill").main()
+    assert phases["before"]["primary"] > 0 and phases["before"]["backup"] == 0
+    assert phases["forced open"]["primary"] == 0 and phases["forced open"]["backup"] > 0
+    assert phases["after reset"]["primary"] > 0
+    out = capsys.readouterr().out
+    assert "primary: forced_open for 30s (reason: drill)" in out
+    assert "primary: closed" in out
