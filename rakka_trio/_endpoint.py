@@ -260,12 +260,7 @@ class Endpoint:
                 finally:
                     await stream._aclose()
             if scope.cancelled_caught:
-                raise Timeout(
-                    f"call exceeded its total timeout of {total:g}s",
-                    phase="total",
-                    provider=self._config.provider,
-                    endpoint=self.name,
-                )
+                raise self._total_timeout()
         except BaseException as exc:
             if call is not None:
                 _end_call(call, exc, stream)
@@ -287,12 +282,7 @@ class Endpoint:
                 if call is not None:
                     call.end(None, done.usage, done.finish_reason)
                 return done
-            raise Timeout(
-                f"call exceeded its total timeout of {total:g}s",
-                phase="total",
-                provider=self._config.provider,
-                endpoint=self.name,
-            )
+            raise self._total_timeout()
         except BaseException as exc:
             if call is not None:
                 call.end(exc)
@@ -314,6 +304,15 @@ class Endpoint:
         return await self._engine.submit(request, priority=priority)
 
     # --- internals ----------------------------------------------------------------------
+
+    def _total_timeout(self) -> Timeout:
+        total = self._config.timeouts.total
+        return Timeout(
+            f"call exceeded its total timeout of {total:g}s",
+            phase="total",
+            provider=self._config.provider,
+            endpoint=self.name,
+        )
 
     async def _with_retries(
         self, request: ChatRequest, attempt_fn: Callable[[ChatRequest, int], Awaitable[T]]

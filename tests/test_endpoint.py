@@ -451,3 +451,24 @@ async def test_429_pauses_the_key(mock: MockProvider) -> None:
             assert trio.current_time() - start >= 0.3
             (key,) = sup.limiter("openai").statistics().keys
             assert key.pauses == 1
+
+
+async def test_total_timeout_bounds_the_whole_call(mock: MockProvider) -> None:
+    mock.add_fault("openai", Fault.stall(after_chunks=2, duration=5.0))
+    cfg = endpoint(mock, retries=0, timeouts=rk.Timeouts(total=0.3, read_gap=10.0))
+    with trio.fail_after(5):
+        async with rk.open_supervisor(supervisor(cfg)) as sup:
+            ep = sup.endpoint("openai")
+            with pytest.raises(rk.Timeout) as info:
+                await ep.complete(HI)
+            assert info.value.phase == "total"
+            received: list[str] = []
+            with pytest.raises(rk.Timeout) as info:
+                async with ep.stream(HI) as chunks:
+                    async for chunk in chunks:
+                        received.append(chunk.text)
+            assert info.value.phase == "total"
+            assert received  # the first chunks arrived before the stall
+            assert (
+                ep.breaker.statistics().failures == 0
+            )  # our own deadline: not the provider's fault
