@@ -51,7 +51,7 @@ from ._supervisor import (
     SupervisorStatistics,
     open_supervisor,
 )
-from .testing import Fault, MockProvider, serve_mock_provider
+from .testing import Fault, MockProvider, MockRateLimits, serve_mock_provider
 
 __all__ = ["DemoReport", "demo_main", "run_demo"]
 
@@ -109,7 +109,9 @@ def demo_config(
     )
     # Failing over quickly matters more here than persistence: one quick retry, then move on.
     retry = RetryPolicy(max_retries=1, initial_backoff=0.02, max_backoff=0.1, max_server_wait=1.0)
-    mode: LimiterMode = "approximate" if redis_url else "local"
+    # Strict: every admission is one atomic Redis call, so several demo processes pointed at
+    # the same Redis share one exact budget from the first request on.
+    mode: LimiterMode = "strict" if redis_url else "local"
     common = {
         "model": "demo-model",
         "credential": StaticCredential(_DEMO_KEY),
@@ -295,7 +297,20 @@ async def demo_main(
     token = token or secrets.token_urlsafe(18)
     tally = _Tally()
     transitions: list[tuple[float, str, str, str, str]] = []
-    mock = MockProvider(api_key=_DEMO_KEY, reply=_REPLY, chunks=12, seed=seed)
+    # The provider advertises the same budgets the endpoints are configured with, so its
+    # rate-limit headers (which the limiter adapts to) tell the same story as the config.
+    mock = MockProvider(
+        api_key=_DEMO_KEY,
+        reply=_REPLY,
+        chunks=12,
+        seed=seed,
+        rate_limits=MockRateLimits(
+            requests_per_minute=60_000,
+            tokens_per_minute=20_000_000,
+            input_tokens_per_minute=20_000_000,
+            output_tokens_per_minute=20_000_000,
+        ),
+    )
     async with trio.open_nursery() as services:
         await services.start(serve_mock_provider, mock)
         base_urls = {p: mock.base_url_for(p) for p in ("openai", "anthropic")}

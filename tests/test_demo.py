@@ -12,6 +12,7 @@ from rich.console import Console
 import rakka_trio as rk
 from rakka_trio._demo import DemoReport, demo_main
 from rakka_trio._protocol import TransitionFrame
+from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.trio
 
@@ -66,3 +67,22 @@ async def test_demo_trips_fails_over_recovers_and_takes_operator_commands() -> N
     assert [f.to_state for f in seen][:2] == ["forced_open", "half_open"]
     assert "operator drill" in text and "force_open backup (drill-7)" in text
     assert "Final report" in text
+
+
+async def test_demo_shares_its_limits_through_redis(redis_server: RedisServer) -> None:
+    console = Console(file=io.StringIO(), width=160, force_terminal=False)
+    captured: list[rk.Supervisor] = []
+    with trio.fail_after(30):
+        report = await demo_main(
+            duration=3.0,
+            seed=4,
+            concurrency=4,
+            console=console,
+            redis_url=redis_server.url,
+            on_ready=lambda sup, control, token: captured.append(sup),
+        )
+    assert report.trips >= 1 and report.recoveries >= 1
+    assert report.served > 20 * max(1, report.failed)
+    (key,) = captured[0].limiter("primary").statistics().keys
+    assert key.mode == "strict"
+    assert key.redis_round_trips >= key.admitted > 0  # every admission went through Redis
