@@ -326,6 +326,7 @@ _FAILURES = (
 
 _MIN_GAP = 0.01  # never sync one key more often than this (batches bursts of wake-ups)
 _MIN_LEASE_ADMISSIONS = 20  # a lease covers at least this many admissions (≤ 5 trips / 100)
+_CLAMP_URGENT = 0.05  # a provider clamp lowering the shared bucket by more syncs now
 
 
 def _policy(key: Key) -> str:
@@ -358,7 +359,8 @@ class SharedKey(Key):
         self.members = 1
         self.permits_held = 0
         self.unsynced = [0.0, 0.0, 0.0, 0.0]  # spent without Redis, charged when it is back
-        self.pending_pause = 0.0  # ms to publish
+        self.pending_pause = -math.inf  # end (key time) of a pause of ours to publish
+        self.adopting = False  # applying a pause read from Redis (not to publish again)
         self.pending_clamp: dict[int, int] = {}
         self.remote_levels = [0.0, 0.0, 0.0, 0.0]
         self.fallback_bucket: Gcra | None = None
@@ -433,7 +435,11 @@ class SharedKey(Key):
         return 0.0
 
     def _on_pause(self, until: float, now: float) -> None:
-        self.pending_pause = max(self.pending_pause, (until - now) * 1000.0)
+        if self.adopting:
+            return  # a pause read from Redis is already shared: publishing it would renew it
+        # The end, not the length: a sync delayed after the pause began publishes only what
+        # is left of it.
+        self.pending_pause = max(self.pending_pause, until)
         self.signal()
 
     def _clamp(self, dim: int, remaining: int, now: float) -> None:
@@ -477,7 +483,11 @@ class SharedKey(Key):
         if left_ms > 0:
             until = now + left_ms / 1000.0
             if until > self._paused_until + 0.05:  # our own pause echoes back a little later
-                self.pause(until, "shared", None, now)
+                self.adopting = True
+                try:
+                    self.pause(until, "shared", None, now)
+                finally:
+                    self.adopting = False
 
     # -- sync (run by the backend's task for this key) -----------------------------------------
 
@@ -497,8 +507,8 @@ class SharedKey(Key):
         self, now: float, leave: bool, permits_want: int, released: int = -1
     ) -> list[Any]:
         """The LEASE arguments before the per-dimension ones."""
-        pause_ms = self.pending_pause
-        self.pending_pause = 0.0
+        pause_ms = max(0.0, (self.pending_pause - now) * 1000.0)
+        self.pending_pause = -math.inf
         cap = self.spec.max_concurrent
         ttl_ms = self.spec.limits_config.node_ttl * 1000.0
         self.lease_fresh = not self.seen
@@ -607,19 +617,44 @@ class ApproximateKey(SharedKey):
 
     def _adjust(self, delta: Vector | list[float], now: float) -> None:
         # Refunds go back to the escrow (they were leased); debts make it negative, and the
-        # next leases repay them before anything else is admitted.
+        # next leases repay them before anything else is admitted. Only debts count as
+        # demand: the escrow must cover what admissions *take* (the estimates), so a refund
+        # of an over-estimate does not shrink the next lease. (Counting it did: with a
+        # 1,000-token estimate settled at 15, leases shrank to one admission's worth and
+        # every admission waited for a round trip.)
         for d in self.spec.dims:
             self.level[d] -= delta[d]
-            self.spent[d] += delta[d]
+            if delta[d] > 0:
+                self.spent[d] += delta[d]
         if any(self.level[d] < self.low[d] for d in self.spec.dims):
             self.signal()
 
     def _levels(self, now: float) -> list[float]:
-        return [self.level[d] for d in self.spec.dims]
+        # What this node can draw on: the shared bucket as of the last sync plus its own
+        # escrow (other nodes' escrow counts as in use). The escrow alone is a small slice of
+        # the burst by design and would read as "nearly exhausted" on an idle key.
+        bursts = self._bursts()
+        return [min(bursts[d], self.remote_levels[d] + self.level[d]) for d in self.spec.dims]
 
     def _clamp(self, dim: int, remaining: int, now: float) -> None:
         self.level[dim] = min(self.level[dim], float(remaining))
-        super()._clamp(dim, remaining, now)
+        # The provider's remaining covers our escrow too: the shared bucket may hold the
+        # rest. Publish at once only when that lowers the bucket (as last seen, plus its
+        # refill since) by a material amount; a smaller correction rides with the next sync.
+        # Headers arrive with every response, and a sync per response would cost a round
+        # trip per admission (P9).
+        shared = float(remaining) - max(self.level[dim], 0.0)
+        burst = self.effective_burst(dim)
+        elapsed = max(0.0, now - self.last_sync)
+        seen = min(burst, self.remote_levels[dim] + self.effective[dim] * elapsed / 60.0)
+        if shared >= seen:
+            return  # cannot lower the bucket
+        # Responses race: keep the lowest remaining until it is sent (it soon is if urgent).
+        remaining = min(remaining, self.pending_clamp.get(dim, remaining))
+        if seen - shared > burst * _CLAMP_URGENT or shared <= 0:
+            super()._clamp(dim, remaining, now)
+        else:
+            self.pending_clamp[dim] = remaining
 
     def _on_release(self) -> None:
         if self.permit_waiting or self.permits_held > self._in_flight + 1:
@@ -698,6 +733,12 @@ class ApproximateKey(SharedKey):
                 longest = min(longest, self.effective_burst(d) / rate / 2.0)
                 missing = wants[d] - grants[d]
                 if missing > 0:
+                    # Not the whole top-up: come back once the share of the refill covers
+                    # about 20 admissions (P9's batch), so waiters are not held up for a
+                    # large lease when the bucket refills quickly.
+                    if self.admission_rate > 0:
+                        batch = _MIN_LEASE_ADMISSIONS * self.rate[d] / self.admission_rate
+                        missing = min(missing, max(batch, 1.0))
                     gap = max(gap, missing / (rate / max(1, self.members)))
             gap = min(gap, max(longest, _MIN_GAP))
         self.not_before = now + gap * random.uniform(0.8, 1.2)
