@@ -8,12 +8,13 @@ released totals, so heartbeats and admissions that cross in flight commute).
 
 ``approximate`` — escrow leases (bounded counter). A node *leases* tokens out of the shared
 bucket and spends them locally at memory speed; a background task tops the escrow up before it
-runs dry, sized to about ``lease_seconds`` of the node's measured demand (at least 20
-admissions' worth, at most the node's ``1/N`` share of the burst). Every token spent was first
-taken from the shared bucket, so counted usage is never over-spent: the admitted total over any
-window ``T`` is at most ``burst + rate·T`` whatever the number of nodes. Tokens leased but not
-spent are returned when demand drops or the node leaves, and lost (under-spent, never
-over-spent) if it crashes. The hot path never awaits Redis.
+runs dry, sized to about ``lease_seconds`` of the node's measured demand (what admissions
+take, i.e. estimates, not what they settle at; at least 20 admissions' worth, at most the
+node's ``1/N`` share of the burst). Every token spent was first taken from the shared bucket,
+so counted usage is never over-spent: the admitted total over any window ``T`` is at most
+``burst + rate·T`` whatever the number of nodes. Tokens leased but not spent are returned when
+demand drops or the node leaves, and lost (under-spent, never over-spent) if it crashes. The
+hot path never awaits Redis.
 
 ``strict`` — one atomic Lua call per admission checks and takes every limit of the key (and a
 concurrency permit) at once. Settlements, refunds and permit releases are batched into the
