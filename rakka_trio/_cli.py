@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis",
         metavar="URL",
         default=None,
-        help="share the rate limits through Redis (strict mode: one atomic Redis call per "
-        "admission), e.g. redis://127.0.0.1:6379/0",
+        help="share the rate limits through Redis (approximate mode: budget leased in the "
+        "background, admission at local speed), e.g. redis://127.0.0.1:6379/0",
     )
     demo.add_argument("--seed", type=int, default=1, help="random seed for the load generator")
     demo.add_argument(

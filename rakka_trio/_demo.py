@@ -109,9 +109,9 @@ def demo_config(
     )
     # Failing over quickly matters more here than persistence: one quick retry, then move on.
     retry = RetryPolicy(max_retries=1, initial_backoff=0.02, max_backoff=0.1, max_server_wait=1.0)
-    # Strict: every admission is one atomic Redis call, so several demo processes pointed at
-    # the same Redis share one exact budget from the first request on.
-    mode: LimiterMode = "strict" if redis_url else "local"
+    # Approximate: each process leases budget from Redis in the background and admits at
+    # local speed, so several demo processes pointed at one Redis share one budget.
+    mode: LimiterMode = "approximate" if redis_url else "local"
     common = {
         "model": "demo-model",
         "credential": StaticCredential(_DEMO_KEY),

@@ -84,5 +84,6 @@ async def test_demo_shares_its_limits_through_redis(redis_server: RedisServer) -
     assert report.trips >= 1 and report.recoveries >= 1
     assert report.served > 20 * max(1, report.failed)
     (key,) = captured[0].limiter("primary").statistics().keys
-    assert key.mode == "strict"
-    assert key.redis_round_trips >= key.admitted > 0  # every admission went through Redis
+    assert key.mode == "approximate"
+    # Budget leased from Redis in the background: far fewer round trips than admissions.
+    assert 0 < key.redis_round_trips < key.admitted / 5
