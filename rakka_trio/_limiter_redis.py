@@ -37,6 +37,7 @@ import hashlib
 import logging
 import math
 import random
+import struct
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -218,9 +219,10 @@ return {epoch, created, members, left, held, grants[1], grants[2], grants[3], gr
 # admission, so no helper closures, globals cached in locals, only the limited dimensions, no
 # write on a refusal, and only the state key unless a permit is involved.
 # KEYS: state (and, for permits, nodes and permits). ARGV: 1 node, 2 the numbers packed in one
-# space-separated string (every argument costs the client more than parsing it costs Lua):
-# ttl_ms, init_full, max_conc (0: no permit), n (limited dimensions), n costs, then
-# n x (dimension 1-4, L per minute, burst). Returns one integer (cheaper to parse than an array):
+# string of little-endian doubles (every argument costs the client more than unpacking it costs
+# Lua, and one struct.unpack is several times cheaper than parsing text): ttl_ms, init_full,
+# max_conc (0: no permit), n (limited dimensions), n costs, then n x (dimension 1-4, L per
+# minute, burst). Returns one integer (cheaper to parse than an array):
 # 4 * wait_ms + 2 * created + admitted, where wait_ms is -1 when no permit is free.
 ADMIT_LUA = """
 local tonumber, call = tonumber, redis.call
@@ -233,12 +235,9 @@ local epoch = st[1]
 local ts = tonumber(st[2])
 local p = tonumber(st[3]) or 0
 local cu = tonumber(st[4]) or 0
-local a, m = {}, 0
-for x in string.gmatch(ARGV[2], '%S+') do
-  m = m + 1
-  a[m] = tonumber(x)
-end
-local ttl, full, maxc, n = a[1], a[2] == 1, a[3], a[4]
+local unpack_, s = struct.unpack, ARGV[2]
+local ttl, full, maxc, n = unpack_('<dddd', s)
+full = full == 1
 if not epoch then
   created = 1
   epoch = redis.sha1hex(ARGV[1] .. ':' .. t[1] .. ':' .. t[2])
@@ -250,11 +249,11 @@ end
 local wait = 0
 if p > now then wait = p - now end
 local dt = now - ts
-local upd = {'ts', now}
+local upd = {'ts', now, false, false, false, false, false, false, false, false, false, false}
 local k = 2
 for j = 1, n do
-  local b = 4 + n + (j - 1) * 3
-  local i, L, B, c = a[b + 1], a[b + 2], a[b + 3], a[4 + j]
+  local c = unpack_('<d', s, 25 + 8 * j)
+  local i, L, B = unpack_('<ddd', s, 9 + 8 * n + 24 * j)
   local l = tonumber(st[4 + i])
   if created == 1 or not l then
     if full then l = B else l = 0 end
@@ -266,7 +265,8 @@ for j = 1, n do
     local w = (c - l) * 60000 / L
     if w > wait then wait = w end
   end
-  upd[k + 1] = 'l' .. i
+  if i == 1 then upd[k + 1] = 'l1' elseif i == 2 then upd[k + 1] = 'l2'
+  elseif i == 3 then upd[k + 1] = 'l3' else upd[k + 1] = 'l4' end
   upd[k + 2] = l - c
   k = k + 2
 end
@@ -288,8 +288,8 @@ end
 if wait ~= 0 then
   if created == 1 then
     -- Refused at creation: store the initial levels (nothing taken) so the epoch sticks.
-    for j = 1, n do upd[2 + 2 * j] = upd[2 + 2 * j] + a[4 + j] end
-    call('HSET', S, 'e', epoch, 'p', p, 'cu', cu, unpack(upd))
+    for j = 1, n do upd[2 + 2 * j] = upd[2 + 2 * j] + unpack_('<d', s, 25 + 8 * j) end
+    call('HSET', S, 'e', epoch, 'p', p, 'cu', cu, unpack(upd, 1, k))
     call('PEXPIRE', S, math.max(600000, 3 * ttl))
   end
   if wait > 0 then wait = math.ceil(wait) end
@@ -305,8 +305,9 @@ if maxc > 0 then
   call('ZADD', KEYS[2], now + ttl, ARGV[1])
   upd[k + 1] = 'cu'
   upd[k + 2] = cu
+  k = k + 2
 end
-call('HSET', S, unpack(upd))
+call('HSET', S, unpack(upd, 1, k))
 return created * 2 + 1
 """
 
@@ -775,7 +776,7 @@ class StrictKey(SharedKey):
     ) -> None:
         super().__init__(label, spec, registry, clock, offset, backend)
         self.pending_adjust = [0.0, 0.0, 0.0, 0.0]
-        self._admit_args: tuple[list[int], bytes, bytes, bytes] | None = None
+        self._admit_args: tuple[list[int], bytes, struct.Struct, float, bytes] | None = None
         # Permits, against Redis's monotone per-node totals granted (g) and released (r):
         self.known_grants = 0  # grants this node was told about
         self.released = 0  # releases reported (or being reported)
@@ -876,23 +877,22 @@ class StrictKey(SharedKey):
         """ADMIT's arguments; the unchanging parts are encoded once per limits change."""
         cached = self._admit_args
         if cached is None or cached[0] != self.effective:
-            ttl = round(self.spec.limits_config.node_ttl * 1000.0)
-            limits = b" ".join(
-                b"%d %d %r" % (d + 1, self.effective[d], self.effective_burst(d))
-                for d in self.spec.dims
+            dims = self.spec.dims
+            limits = struct.pack(
+                f"<{3 * len(dims)}d",
+                *[x for d in dims for x in (d + 1, self.effective[d], self.effective_burst(d))],
             )
-            cached = (list(self.effective), self.backend.node_id.encode(), b"%d" % ttl, limits)
+            cached = (
+                list(self.effective),
+                self.backend.node_id.encode(),
+                struct.Struct(f"<{4 + len(dims)}d"),
+                float(round(self.spec.limits_config.node_ttl * 1000.0)),
+                limits,
+            )
             self._admit_args = cached
-        _, node, ttl_b, limits = cached
-        costs = b" ".join([b"%d" % v[d] for d in self.spec.dims])
-        packed = b"%s %d %d %d %s %s" % (
-            ttl_b,
-            1 if fresh else 0,
-            max_conc,
-            len(self.spec.dims),
-            costs,
-            limits,
-        )
+        _, node, head, ttl, limits = cached
+        dims = self.spec.dims
+        packed = head.pack(ttl, fresh, max_conc, len(dims), *[v[d] for d in dims]) + limits
         return [node, packed]
 
     def retighten(self, spec: KeySpec) -> None:
