@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-__all__ = ["Row", "best_of", "best_of_async", "print_table"]
+__all__ = ["Row", "best_of", "best_of_async", "print_table", "rate_and_cpu"]
 
 
 class Row:
@@ -51,6 +51,29 @@ def best_of_async(fn: Callable[[int], Awaitable[None]], n: int, repeats: int = 7
 
     trio.run(main)
     return min(results)
+
+
+async def rate_and_cpu(
+    one_request: Callable[[], Awaitable[None]], *, concurrency: int, duration: float
+) -> tuple[float, float]:
+    """Run ``concurrency`` loops of ``one_request`` for ``duration`` seconds.
+
+    Returns (completed requests per second, client CPU microseconds per request).
+    """
+    done = 0
+
+    async def worker(deadline: float) -> None:
+        nonlocal done
+        while trio.current_time() < deadline:
+            await one_request()
+            done += 1
+
+    start, cpu = trio.current_time(), time.process_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker, start + duration)
+    elapsed, cpu = trio.current_time() - start, time.process_time() - cpu
+    return done / elapsed, cpu / max(done, 1) * 1e6
 
 
 def print_table(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 import trio.testing
-from _harness import Row, print_table
+from _harness import Row, print_table, rate_and_cpu
 from bench_pipeline import CONCURRENCY, bare_loop, pipeline_loop
 
 import rakka_trio as rk
@@ -93,22 +93,13 @@ async def engine_loop(base_url: str) -> tuple[float, float]:
 
 async def _engine_traffic(sup: rk.Supervisor) -> tuple[float, float]:
     ep = sup.endpoint("bench")
-    done = 0
 
-    async def worker(deadline: float) -> None:
-        nonlocal done
-        while trio.current_time() < deadline:
-            async with await ep.submit(REQUEST) as chunks:
-                async for _ in chunks:
-                    pass
-            done += 1
+    async def one() -> None:
+        async with await ep.submit(REQUEST) as chunks:
+            async for _ in chunks:
+                pass
 
-    start, cpu = trio.current_time(), time.process_time()
-    async with trio.open_nursery() as nursery:
-        for _ in range(CONCURRENCY):
-            nursery.start_soon(worker, start + DURATION)
-    elapsed, cpu = trio.current_time() - start, time.process_time() - cpu
-    return done / elapsed, cpu / done * 1e6
+    return await rate_and_cpu(one, concurrency=CONCURRENCY, duration=DURATION)
 
 
 async def fanout_loop(base_url: str, subscribers: int) -> tuple[float, int, int, int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import trio
-from _harness import Row, print_table
+from _harness import Row, print_table, rate_and_cpu
 
 import rakka_trio as rk
 from rakka_trio._request import ChatRequest
@@ -35,25 +35,16 @@ BODY = {
 
 async def bare_loop(base_url: str) -> tuple[float, float]:
     """(completed streams per second, client CPU microseconds per stream) with bare httpx."""
-    done = 0
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
 
-        async def worker(deadline: float) -> None:
-            nonlocal done
-            while trio.current_time() < deadline:
-                async with client.stream("POST", "/chat/completions", json=BODY) as response:
-                    response.raise_for_status()
-                    async for _ in response.aiter_bytes():
-                        pass
-                done += 1
+        async def one() -> None:
+            async with client.stream("POST", "/chat/completions", json=BODY) as response:
+                response.raise_for_status()
+                async for _ in response.aiter_bytes():
+                    pass
 
-        start, cpu = trio.current_time(), time.process_time()
-        async with trio.open_nursery() as nursery:
-            for _ in range(CONCURRENCY):
-                nursery.start_soon(worker, start + DURATION)
-        elapsed, cpu = trio.current_time() - start, time.process_time() - cpu
-        return done / elapsed, cpu / done * 1e6
+        return await rate_and_cpu(one, concurrency=CONCURRENCY, duration=DURATION)
 
 
 async def pipeline_loop(base_url: str) -> tuple[float, float]:
@@ -65,24 +56,15 @@ async def pipeline_loop(base_url: str) -> tuple[float, float]:
         ]
     )
     request = ChatRequest(messages=[{"role": "user", "content": "hello"}])
-    done = 0
     async with rk.open_supervisor(cfg) as sup:
         ep = sup.endpoint("bench")
 
-        async def worker(deadline: float) -> None:
-            nonlocal done
-            while trio.current_time() < deadline:
-                async with ep.stream(request) as chunks:
-                    async for _ in chunks:
-                        pass
-                done += 1
+        async def one() -> None:
+            async with ep.stream(request) as chunks:
+                async for _ in chunks:
+                    pass
 
-        start, cpu = trio.current_time(), time.process_time()
-        async with trio.open_nursery() as nursery:
-            for _ in range(CONCURRENCY):
-                nursery.start_soon(worker, start + DURATION)
-        elapsed, cpu = trio.current_time() - start, time.process_time() - cpu
-        return done / elapsed, cpu / done * 1e6
+        return await rate_and_cpu(one, concurrency=CONCURRENCY, duration=DURATION)
 
 
 def run() -> None:
