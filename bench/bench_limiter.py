@@ -55,7 +55,7 @@ Loop = Callable[[int], Awaitable[None]]
 
 
 def _limiter_handle() -> rk.LimiterHandle:
-    from rakka_trio._limiter import LimiterRegistry
+    from rakka_trio._limits import LimiterRegistry
 
     registry = LimiterRegistry(
         node_id="bench",

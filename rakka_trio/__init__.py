@@ -188,7 +188,7 @@ __all__ += [
 
 # --- rate limiting: local GCRA, approximate (Redis escrow) and strict modes (issue 9) ---------
 from ._errors import LimiterUnavailable, RateLimitExceeded  # noqa: E402
-from ._limiter import (  # noqa: E402
+from ._limits import (  # noqa: E402
     Cost,
     KeyStatistics,
     LimiterFallback,

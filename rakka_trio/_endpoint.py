@@ -33,7 +33,7 @@ from ._errors import (
     Unauthorized,
     classify_http_status,
 )
-from ._limiter import Cost, LimiterHandle, Reservation
+from ._limits import Cost, LimiterHandle, Reservation
 from ._metrics import CallRecord, EndpointMeter
 from ._providers import stream_adapter_for
 from ._providers._base import StreamAdapter

@@ -41,7 +41,7 @@ from ._events import (
     TaskRestarted,
     Transition,
 )
-from ._limiter import LimiterHandle, LimiterRegistry, LimiterStatistics
+from ._limits import LimiterHandle, LimiterRegistry, LimiterStatistics
 from ._metrics import DeploymentMeter, DeploymentStatistics, EndpointMeter, EndpointMetrics
 from ._redact import redact
 

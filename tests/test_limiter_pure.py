@@ -8,15 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 import rakka_trio as rk
-from rakka_trio._limiter import (
-    INPUT_TOKENS,
-    OUTPUT_TOKENS,
-    REQUESTS,
-    TOKENS,
-    Gcra,
-    KeySpec,
-    parse_rate_limit_headers,
-)
+from rakka_trio._limits._cost import INPUT_TOKENS, OUTPUT_TOKENS, REQUESTS, TOKENS
+from rakka_trio._limits._gcra import Gcra, KeySpec
+from rakka_trio._limits._headers import parse_rate_limit_headers
 
 
 def test_cost_vector_and_validation() -> None:

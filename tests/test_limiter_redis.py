@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 import rakka_trio as rk
-from rakka_trio._limiter_redis import StrictKey
+from rakka_trio._limits._redis_strict import StrictKey
 from tests.conftest import RedisServer, _free_port
 
 pytestmark = pytest.mark.trio
