@@ -76,8 +76,7 @@ from ._supervisor import (
     open_supervisor,
     run_supervisor,
 )
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 # A library never configures logging for its users; this keeps Python's last-resort handler
 # from printing our warnings when the application has not set logging up.
@@ -162,15 +161,17 @@ from ._sse import SSEDecoder, SSEEvent  # noqa: E402
 __all__ += ["Citation", "SSEDecoder", "SSEEvent", "StreamChunk", "ToolCallDelta", "Usage"]
 
 # --- control plane: websocket server, client and errors (issue 6) ----------------------------
-from ._control import ControlServer, ControlServerStatistics, serve_control  # noqa: E402
-from ._control_client import (  # noqa: E402
+from ._control import (  # noqa: E402  # noqa: E402
     ControlAuthError,
     ControlClient,
     ControlCommandError,
     ControlConnectionError,
     ControlError,
+    ControlServer,
+    ControlServerStatistics,
     ControlUnknownEndpoint,
     open_control_client,
+    serve_control,
 )
 
 __all__ += [

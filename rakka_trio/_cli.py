@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=8, help="concurrent request loops (default 8)"
     )
 
-    from . import _control_cli
+    from ._control import _cli as _control_cli
 
     _control_cli.add_subcommands(sub)
 
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rakka_trio_tui._command import run_tui_command
 
         return run_tui_command(args)
-    from . import _control_cli
+    from ._control import _cli as _control_cli
 
     return _control_cli.dispatch(args)
 

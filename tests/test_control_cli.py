@@ -15,8 +15,8 @@ import trio
 
 from rakka_trio import BreakerState as S
 from rakka_trio import _cli
-from rakka_trio import _protocol as proto
-from rakka_trio._control_cli import (
+from rakka_trio._control import _protocol as proto
+from rakka_trio._control._cli import (
     EXIT_AUTH,
     EXIT_CONNECTION,
     EXIT_OK,

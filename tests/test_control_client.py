@@ -10,7 +10,7 @@ import trio
 
 import rakka_trio as rk
 from rakka_trio import BreakerState as S
-from rakka_trio import _protocol as proto
+from rakka_trio._control import _protocol as proto
 
 from .control_helpers import TOKEN, control_server, wait_for
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rakka_trio import BreakerState as S
-from rakka_trio import _protocol as proto
+from rakka_trio._control import _protocol as proto
 
 from .control_helpers import TOKEN, Peer, RawPeer, control_server, operator, peer
 

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rakka_trio as rk
-from rakka_trio import _protocol as proto
-from rakka_trio._protocol import ErrorCode, ProtocolError
+from rakka_trio._control import _protocol as proto
+from rakka_trio._control._protocol import ErrorCode, ProtocolError
 
 SECRETISH = "hunter2-operator-token"
 

@@ -25,7 +25,7 @@ from wsproto.events import TextMessage
 
 import rakka_trio as rk
 from rakka_trio import BreakerState as S
-from rakka_trio._control import _TokenBucket
+from rakka_trio._control._connection import _TokenBucket
 
 from .control_helpers import (
     TOKEN,

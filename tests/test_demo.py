@@ -10,8 +10,8 @@ import trio
 from rich.console import Console
 
 import rakka_trio as rk
+from rakka_trio._control._protocol import TransitionFrame
 from rakka_trio._demo import DemoReport, demo_main
-from rakka_trio._protocol import TransitionFrame
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.trio

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 import rakka_trio as rk
+from rakka_trio._control._protocol import StatsFrame, frame_from_event
 from rakka_trio._metrics import Latency, outcome_of
-from rakka_trio._protocol import StatsFrame, frame_from_event
 from rakka_trio.testing import Fault, MockProvider, serve_mock_provider
 
 pytestmark = pytest.mark.trio

@@ -12,7 +12,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, RichLog, Static
 from textual.widgets.data_table import ColumnKey
 
-from rakka_trio import _protocol as proto
+from rakka_trio._control import _protocol as proto
 from rakka_trio_tui import Backoff, RakkaTui
 from rakka_trio_tui._model import LinkStatus
 from rakka_trio_tui._screens import CommandScreen, ConfirmScreen, HelpScreen

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from rakka_trio import _protocol as proto
+from rakka_trio._control import _protocol as proto
 from rakka_trio_tui import Backoff, ControlLink
 from rakka_trio_tui._model import (
     CommandDone,

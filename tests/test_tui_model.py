@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rakka_trio import _protocol as proto
+from rakka_trio._control import _protocol as proto
 from rakka_trio_tui import Backoff
 from rakka_trio_tui._model import (
     COLUMNS,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 
-from rakka_trio import _protocol as proto
+from rakka_trio._control import _protocol as proto
 from rakka_trio_tui import Backoff, RakkaTui
 from rakka_trio_tui._model import MISSING as NA
 

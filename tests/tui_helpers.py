@@ -23,8 +23,8 @@ import attrs
 import trio
 from textual.pilot import Pilot
 
-from rakka_trio import _protocol as proto
-from rakka_trio._control_client import (
+from rakka_trio._control import _protocol as proto
+from rakka_trio._control._client import (
     CloseInfo,
     ControlAuthError,
     ControlConnectionError,

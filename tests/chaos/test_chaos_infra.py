@@ -14,7 +14,7 @@ import trio
 import trio_websocket
 
 import rakka_trio as rk
-from rakka_trio._protocol import TransitionFrame
+from rakka_trio._control._protocol import TransitionFrame
 from rakka_trio.testing import MockProvider, serve_mock_provider
 from tests.conftest import RedisServer
 

@@ -21,8 +21,8 @@ from typing import Protocol, TypeAlias
 import attrs
 import trio
 
-from rakka_trio import _protocol as proto
-from rakka_trio._control_client import CloseInfo, ControlAuthError, ControlError
+from rakka_trio._control import _protocol as proto
+from rakka_trio._control._client import CloseInfo, ControlAuthError, ControlError
 
 from ._model import (
     CommandDone,

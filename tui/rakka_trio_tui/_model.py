@@ -21,7 +21,7 @@ from typing import Final, TypeAlias
 
 import attrs
 
-from rakka_trio import _protocol as proto
+from rakka_trio._control import _protocol as proto
 
 __all__ = [
     "COLUMNS",

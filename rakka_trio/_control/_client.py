@@ -34,9 +34,9 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
 
+from .._credentials import Secret
+from .._errors import RakkaError
 from . import _protocol as proto
-from ._credentials import Secret
-from ._errors import RakkaError
 
 __all__ = [
     "CloseInfo",

@@ -21,7 +21,7 @@ from typing import Any, Final
 import trio
 
 from . import _protocol as proto
-from ._control_client import (
+from ._client import (
     ControlAuthError,
     ControlClient,
     ControlConnectionError,

@@ -1,0 +1,31 @@
+"""The control plane: a websocket feed of breaker events and operator commands.
+
+``_schema``/``_codec``/``_frames`` (re-exported together as ``_protocol``) define protocol v1;
+``_server`` and ``_connection`` serve it; ``_client`` speaks it; ``_cli`` is the ``state``,
+``events``, ``force-open``, ``reset`` and ``disable`` commands.
+"""
+
+from ._client import (
+    ControlAuthError,
+    ControlClient,
+    ControlCommandError,
+    ControlConnectionError,
+    ControlError,
+    ControlUnknownEndpoint,
+    open_control_client,
+)
+from ._connection import ControlServerStatistics
+from ._server import ControlServer, serve_control
+
+__all__ = [
+    "ControlAuthError",
+    "ControlClient",
+    "ControlCommandError",
+    "ControlConnectionError",
+    "ControlError",
+    "ControlServer",
+    "ControlServerStatistics",
+    "ControlUnknownEndpoint",
+    "open_control_client",
+    "serve_control",
+]
