@@ -1,4 +1,4 @@
-"""P1: closed-breaker guarded-call overhead (DESIGN.md §5).
+"""P1: closed-breaker guarded-call overhead.
 
 Each loop awaits a trivial coroutine N times, bare or through a breaker that stays closed:
 rakka-trio's ``call()`` and ``guard()``, and the peers purgatory, circuitbreaker, aiobreaker and

@@ -1,4 +1,4 @@
-"""P8 (scale) and P5 through the engine path (DESIGN.md §5).
+"""P8 (scale) and P5 through the engine path.
 
 P8a: start a supervisor with 1,000 endpoints (config validation, breaker tasks, limiters,
 engines and meters) and measure the time until every task is idle, and the Python memory per

@@ -1,4 +1,4 @@
-"""P3, P6, P7, P9: the rate limiter (DESIGN.md §5).
+"""P3, P6, P7, P9: the rate limiter.
 
 P3 — local admission against RPM+TPM limits that never run out (so only the admission is
 timed): rakka-trio's synchronous ``try_acquire`` (the hot path ``reserve`` also takes) and its

@@ -1,4 +1,4 @@
-"""P5: full pipeline throughput vs a bare httpx streaming loop (DESIGN.md §5).
+"""P5: full pipeline throughput vs a bare httpx streaming loop.
 
 The loopback mock provider runs in a separate process (so its cost is not shared with the
 client being measured). The same number of concurrent request loops stream OpenAI-style

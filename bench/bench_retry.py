@@ -1,4 +1,4 @@
-"""P2: retry wrapper overhead when the first attempt succeeds (DESIGN.md §5).
+"""P2: retry wrapper overhead when the first attempt succeeds.
 
 A trivial coroutine is awaited N times bare, through ``rakka_trio.Retrier.run``, through a
 tenacity ``@retry``-decorated function and through a ``stamina.retry``-decorated one; figures

@@ -1,4 +1,4 @@
-"""P4: SSE decoding throughput (DESIGN.md §5) and linear cost in event size.
+"""P4: SSE decoding throughput and linear cost in event size.
 
 A 50 MB OpenAI-style chat-completion stream (``data: {chunk json}\\n\\n`` events, some
 multi-byte text, a usage chunk and ``[DONE]``) is generated in memory and decoded from reads of

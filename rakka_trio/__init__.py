@@ -1,20 +1,68 @@
 """rakka-trio: Trio-native structured concurrency for calling remote LLM providers.
 
-The public API lives here; every module behind it is private. See README.md and DESIGN.md §3.
+The public API lives here; every module behind it is private. See README.md and docs/.
+
+The names come in groups:
+
+* **supervisor** — :func:`open_supervisor` / :func:`run_supervisor`, :class:`Supervisor`,
+  its endpoints and statistics;
+* **configuration** — the frozen config classes and :func:`load_config`;
+* **credentials** — :class:`Secret` and the credential sources;
+* **calls** — :class:`ChatRequest`, streamed :class:`StreamChunk`, :class:`Completion`,
+  sessions;
+* **breaker** — :class:`BreakerHandle` and its states;
+* **retries** — :class:`Retrier` and the retry budget;
+* **rate limits** — :class:`LimiterHandle`, :class:`Cost`, reservations and statistics;
+* **engine** — queued submissions, priorities, deployments;
+* **accounting** — prices, budgets, metrics and :func:`prometheus_text`;
+* **events** — what subscribers receive;
+* **control plane** — :func:`serve_control` and :func:`open_control_client`;
+* **SSE** — the spec-exact :class:`SSEDecoder`;
+* **errors** — one hierarchy under :class:`RakkaError`.
 """
 
 import logging as _logging
 
+from ._accounting import (
+    DEFAULT_PRICES,
+    OUTCOMES,
+    BudgetAlert,
+    BudgetStatistics,
+    DeploymentStatistics,
+    EndpointMetrics,
+    LatencySummary,
+    PriceTable,
+    TokenTotals,
+    prometheus_text,
+    usage_cost,
+)
 from ._breaker import BreakerHandle, BreakerStatistics
+from ._call import ChunkStream, Session, SessionStatistics
+from ._chunks import Citation, StreamChunk, ToolCallDelta, Usage
 from ._config import (
     BreakerConfig,
+    BudgetConfig,
     DeploymentConfig,
     EndpointConfig,
+    EngineConfig,
+    ModelPrice,
     RateLimits,
     RetryPolicy,
     SupervisorConfig,
     Timeouts,
     load_config,
+)
+from ._control import (
+    ControlAuthError,
+    ControlClient,
+    ControlCommandError,
+    ControlConnectionError,
+    ControlError,
+    ControlServer,
+    ControlServerStatistics,
+    ControlUnknownEndpoint,
+    open_control_client,
+    serve_control,
 )
 from ._credentials import (
     CallableCredential,
@@ -24,7 +72,7 @@ from ._credentials import (
     Secret,
     StaticCredential,
 )
-from ._endpoint import ChunkStream
+from ._engine import Deployment, EngineStatistics, Outcome, Priority, Submission
 from ._errors import (
     Backpressure,
     BadRequest,
@@ -35,6 +83,7 @@ from ._errors import (
     ContextLengthExceeded,
     EventTooLarge,
     Forbidden,
+    LimiterUnavailable,
     NetworkError,
     NotFound,
     Overloaded,
@@ -42,6 +91,7 @@ from ._errors import (
     QuotaExhausted,
     RakkaError,
     RateLimited,
+    RateLimitExceeded,
     ServerError,
     StreamError,
     StreamTruncated,
@@ -65,9 +115,22 @@ from ._events import (
     TaskRestarted,
     Transition,
 )
+from ._extras import MissingExtra
+from ._limits import (
+    Cost,
+    KeyStatistics,
+    LimiterFallback,
+    LimiterHandle,
+    LimiterPaused,
+    LimiterStateLost,
+    LimiterStatistics,
+    LimitStatistics,
+    Reservation,
+    model_family,
+)
 from ._request import ChatRequest, Completion, ToolCall
 from ._retry import Retrier, RetryBudget, RetryDecision
-from ._session import Session, SessionStatistics
+from ._sse import SSEDecoder, SSEEvent
 from ._supervisor import (
     Endpoint,
     EndpointStatistics,
@@ -83,98 +146,28 @@ from ._version import __version__
 _logging.getLogger("rakka_trio").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "DEFAULT_PRICES",
+    "OUTCOMES",
     "Backpressure",
     "BadRequest",
     "BreakerConfig",
     "BreakerHandle",
     "BreakerState",
     "BreakerStatistics",
+    "BudgetAlert",
+    "BudgetConfig",
     "BudgetExceeded",
+    "BudgetStatistics",
     "CallableCredential",
     "ChatRequest",
     "ChunkStream",
     "CircuitOpen",
+    "Citation",
     "Command",
     "Completion",
     "ConfigError",
     "ContentFiltered",
     "ContextLengthExceeded",
-    "Credential",
-    "DeploymentConfig",
-    "Endpoint",
-    "EndpointAdded",
-    "EndpointConfig",
-    "EndpointRemoved",
-    "EndpointStatistics",
-    "EnvCredential",
-    "Event",
-    "EventTooLarge",
-    "FileCredential",
-    "Forbidden",
-    "Lagged",
-    "NetworkError",
-    "NotFound",
-    "Overloaded",
-    "ProbeLimitReached",
-    "ProviderError",
-    "QuotaExhausted",
-    "RakkaError",
-    "RateLimited",
-    "RateLimits",
-    "Retrier",
-    "RetryBudget",
-    "RetryDecision",
-    "RetryPolicy",
-    "Secret",
-    "ServerError",
-    "Session",
-    "SessionStatistics",
-    "StaticCredential",
-    "Stats",
-    "StreamError",
-    "StreamTruncated",
-    "Subscription",
-    "Supervisor",
-    "SupervisorConfig",
-    "SupervisorError",
-    "SupervisorStatistics",
-    "TaskRestarted",
-    "Timeout",
-    "Timeouts",
-    "ToolCall",
-    "Transition",
-    "Unauthorized",
-    "UnknownEndpoint",
-    "__version__",
-    "classify_http_status",
-    "load_config",
-    "open_supervisor",
-    "parse_retry_after",
-    "run_supervisor",
-]
-
-# --- streaming: SSE decoder and provider stream adapters (issue 3) ---------------------------
-# (names are appended to __all__ below this line by the streaming modules' integration)
-from ._chunks import Citation, StreamChunk, ToolCallDelta, Usage  # noqa: E402
-from ._sse import SSEDecoder, SSEEvent  # noqa: E402
-
-__all__ += ["Citation", "SSEDecoder", "SSEEvent", "StreamChunk", "ToolCallDelta", "Usage"]
-
-# --- control plane: websocket server, client and errors (issue 6) ----------------------------
-from ._control import (  # noqa: E402  # noqa: E402
-    ControlAuthError,
-    ControlClient,
-    ControlCommandError,
-    ControlConnectionError,
-    ControlError,
-    ControlServer,
-    ControlServerStatistics,
-    ControlUnknownEndpoint,
-    open_control_client,
-    serve_control,
-)
-
-__all__ += [
     "ControlAuthError",
     "ControlClient",
     "ControlCommandError",
@@ -183,28 +176,27 @@ __all__ += [
     "ControlServer",
     "ControlServerStatistics",
     "ControlUnknownEndpoint",
-    "open_control_client",
-    "serve_control",
-]
-
-# --- rate limiting: local GCRA, approximate (Redis escrow) and strict modes (issue 9) ---------
-from ._errors import LimiterUnavailable, RateLimitExceeded  # noqa: E402
-from ._limits import (  # noqa: E402
-    Cost,
-    KeyStatistics,
-    LimiterFallback,
-    LimiterHandle,
-    LimiterPaused,
-    LimiterStateLost,
-    LimiterStatistics,
-    LimitStatistics,
-    Reservation,
-    model_family,
-)
-
-__all__ += [
     "Cost",
+    "Credential",
+    "Deployment",
+    "DeploymentConfig",
+    "DeploymentStatistics",
+    "Endpoint",
+    "EndpointAdded",
+    "EndpointConfig",
+    "EndpointMetrics",
+    "EndpointRemoved",
+    "EndpointStatistics",
+    "EngineConfig",
+    "EngineStatistics",
+    "EnvCredential",
+    "Event",
+    "EventTooLarge",
+    "FileCredential",
+    "Forbidden",
     "KeyStatistics",
+    "Lagged",
+    "LatencySummary",
     "LimitStatistics",
     "LimiterFallback",
     "LimiterHandle",
@@ -212,54 +204,62 @@ __all__ += [
     "LimiterStateLost",
     "LimiterStatistics",
     "LimiterUnavailable",
-    "RateLimitExceeded",
-    "Reservation",
-    "model_family",
-]
-
-# --- engine: queues, workers, fallback chains, cost budgets and metrics (issue 5) -------------
-from ._config import BudgetConfig, EngineConfig, ModelPrice  # noqa: E402
-from ._cost import (  # noqa: E402
-    DEFAULT_PRICES,
-    BudgetAlert,
-    BudgetStatistics,
-    PriceTable,
-    usage_cost,
-)
-from ._engine import (  # noqa: E402
-    Deployment,
-    EngineStatistics,
-    Outcome,
-    Priority,
-    Submission,
-)
-from ._metrics import (  # noqa: E402
-    OUTCOMES,
-    DeploymentStatistics,
-    EndpointMetrics,
-    LatencySummary,
-    TokenTotals,
-    prometheus_text,
-)
-
-__all__ += [
-    "DEFAULT_PRICES",
-    "OUTCOMES",
-    "BudgetAlert",
-    "BudgetConfig",
-    "BudgetStatistics",
-    "Deployment",
-    "DeploymentStatistics",
-    "EndpointMetrics",
-    "EngineConfig",
-    "EngineStatistics",
-    "LatencySummary",
+    "MissingExtra",
     "ModelPrice",
+    "NetworkError",
+    "NotFound",
     "Outcome",
+    "Overloaded",
     "PriceTable",
     "Priority",
+    "ProbeLimitReached",
+    "ProviderError",
+    "QuotaExhausted",
+    "RakkaError",
+    "RateLimitExceeded",
+    "RateLimited",
+    "RateLimits",
+    "Reservation",
+    "Retrier",
+    "RetryBudget",
+    "RetryDecision",
+    "RetryPolicy",
+    "SSEDecoder",
+    "SSEEvent",
+    "Secret",
+    "ServerError",
+    "Session",
+    "SessionStatistics",
+    "StaticCredential",
+    "Stats",
+    "StreamChunk",
+    "StreamError",
+    "StreamTruncated",
     "Submission",
+    "Subscription",
+    "Supervisor",
+    "SupervisorConfig",
+    "SupervisorError",
+    "SupervisorStatistics",
+    "TaskRestarted",
+    "Timeout",
+    "Timeouts",
     "TokenTotals",
+    "ToolCall",
+    "ToolCallDelta",
+    "Transition",
+    "Unauthorized",
+    "UnknownEndpoint",
+    "Usage",
+    "__version__",
+    "classify_http_status",
+    "load_config",
+    "model_family",
+    "open_control_client",
+    "open_supervisor",
+    "parse_retry_after",
     "prometheus_text",
+    "run_supervisor",
+    "serve_control",
     "usage_cost",
 ]

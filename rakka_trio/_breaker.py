@@ -103,7 +103,7 @@ def _outcome_of(exc: BaseException | None, count_unknown: bool) -> int:
 
 
 class BreakerHandle:
-    """Synchronous breaker for one endpoint (DESIGN §4.1). Obtain it with
+    """Synchronous breaker for one endpoint (see README "Concepts"). Obtain it with
     :meth:`Supervisor.breaker`; every method is safe to call from any task of the run.
     ``on_event`` receives every :class:`Transition` (and :class:`ProbeLimitReached`) as it
     happens; ``clock`` defaults to :func:`trio.current_time`.

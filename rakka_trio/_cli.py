@@ -6,7 +6,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ._extras import MissingExtra, require
+
 __all__ = ["main"]
+
+
+def _require_extras(args: argparse.Namespace) -> None:
+    """Fail with one line naming the extra when a command needs one that is missing."""
+    if args.command == "demo":
+        require("rich", "tui", "the demo's live console")
+        if args.tui:
+            require("textual", "tui", "the operator console")
+        if args.redis:
+            require("coredis", "redis", "sharing limits through Redis")
+    elif args.command == "tui":
+        require("textual", "tui", "the operator console")
 
 
 def _positive_float(text: str) -> float:
@@ -68,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rakka-trio`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    try:
+        _require_extras(args)
+    except MissingExtra as exc:
+        print(f"rakka-trio: {exc}", file=sys.stderr)
+        return 1
     if args.command == "demo":
         from ._demo import run_demo
 

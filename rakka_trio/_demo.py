@@ -30,7 +30,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ._config import (
+from ._config._classes import (
     BreakerConfig,
     DeploymentConfig,
     EndpointConfig,

@@ -23,10 +23,17 @@ from typing import Any
 import attrs
 import trio
 
+from ._accounting import (
+    CostTracker,
+    DeploymentMeter,
+    DeploymentStatistics,
+    EndpointMeter,
+    EndpointMetrics,
+    PriceTable,
+)
 from ._breaker import BreakerHandle, BreakerStatistics, check_duration
+from ._call import Endpoint
 from ._config import EndpointConfig, SupervisorConfig
-from ._cost import CostTracker, PriceTable
-from ._endpoint import Endpoint
 from ._engine import Deployment, Engine, EngineStatistics
 from ._errors import ConfigError, SupervisorError, UnknownEndpoint
 from ._events import (
@@ -42,7 +49,6 @@ from ._events import (
     Transition,
 )
 from ._limits import LimiterHandle, LimiterRegistry, LimiterStatistics
-from ._metrics import DeploymentMeter, DeploymentStatistics, EndpointMeter, EndpointMetrics
 from ._redact import redact
 
 __all__ = [

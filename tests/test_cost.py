@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 import rakka_trio as rk
-from rakka_trio._cost import CostTracker, RollingSum
+from rakka_trio._accounting._cost import CostTracker, RollingSum
 from rakka_trio._engine import Engine
 from rakka_trio.testing import MockProvider, serve_mock_provider
 
@@ -81,7 +81,7 @@ async def test_budget_warn_only_publishes(mock_clock: trio.testing.MockClock) ->
 async def test_budget_throttle_halves_engine_concurrency(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    from rakka_trio._metrics import EndpointMeter
+    from rakka_trio._accounting import EndpointMeter
 
     from .test_engine import FakeEndpoint
 

@@ -1,5 +1,5 @@
 """The demo runs its scripted incident end to end on real loopback sockets, and an operator can
-act on it live through the control plane (DESIGN §4.10, issue 6/8 acceptance)."""
+act on it live through the control plane."""
 
 from __future__ import annotations
 

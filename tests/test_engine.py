@@ -14,10 +14,9 @@ import trio
 import trio.testing
 
 import rakka_trio as rk
+from rakka_trio._accounting import CostTracker, EndpointMeter, PriceTable
 from rakka_trio._breaker import BreakerHandle
-from rakka_trio._cost import CostTracker, PriceTable
 from rakka_trio._engine import Engine
-from rakka_trio._metrics import EndpointMeter
 
 pytestmark = pytest.mark.trio
 

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 import rakka_trio as rk
+from rakka_trio._accounting import LATENCY_BUCKETS, Latency, outcome_of
 from rakka_trio._control._protocol import StatsFrame, frame_from_event
-from rakka_trio._metrics import Latency, outcome_of
 from rakka_trio.testing import Fault, MockProvider, serve_mock_provider
 
 pytestmark = pytest.mark.trio
@@ -289,7 +289,7 @@ async def test_prometheus_text_parses_and_matches(mock: MockProvider) -> None:
     for metric in ("rakka_ttft_seconds", "rakka_request_duration_seconds"):
         counts = [
             value(f"{metric}_bucket", endpoint="a", le=le)
-            for le in [*(_le(b) for b in rk._metrics.LATENCY_BUCKETS), "+Inf"]
+            for le in [*(_le(b) for b in LATENCY_BUCKETS), "+Inf"]
         ]
         assert counts == sorted(counts)
         assert counts[-1] == value(f"{metric}_count", endpoint="a")
@@ -305,7 +305,7 @@ def _le(bound: float) -> str:
 
 
 async def test_prometheus_label_values_are_escaped() -> None:
-    from rakka_trio._metrics import _Families
+    from rakka_trio._accounting._prometheus import _Families
 
     out = _Families()
     out.add("rakka_x", "gauge", "help", {"endpoint": 'a"b\\c\nd'}, 1.5)

@@ -14,7 +14,7 @@ import trio.testing
 
 import rakka_trio as rk
 from rakka_trio import SSEDecoder, SSEEvent
-from rakka_trio._sse_trio import aiter_sse
+from rakka_trio._call._sse_trio import aiter_sse
 
 pytestmark = pytest.mark.trio
 

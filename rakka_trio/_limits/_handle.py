@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 
 class LimiterHandle:
-    """The rate limiter of one endpoint (DESIGN §4.6); get it with :meth:`Supervisor.limiter`.
+    """The rate limiter of one endpoint; get it with :meth:`Supervisor.limiter`.
+
+    See docs/rate-limiting.md for the modes and the bounds they keep.
 
     Budget is kept per key ``(provider, api-key fingerprint, model family)``: calls pass the
     request's ``model`` and :meth:`bind_credential` tells the handle which key the endpoint

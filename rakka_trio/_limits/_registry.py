@@ -13,6 +13,7 @@ from .._errors import (
     UnknownEndpoint,
 )
 from .._events import Event
+from .._extras import require
 from ._gcra import KeySpec
 from ._handle import LimiterHandle
 from ._key import Key, fast_clock
@@ -144,6 +145,7 @@ class LimiterRegistry:
 
     def _ensure_backend(self) -> RedisBackend:
         if self.backend is None:
+            require("coredis", "redis", "the approximate and strict limiter modes")
             from ._redis_backend import RedisBackend
 
             assert self.redis_url is not None

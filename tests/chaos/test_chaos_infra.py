@@ -1,5 +1,5 @@
 """Chaos around the requests: Redis killed and restarted mid-run, and a hostile control-plane
-client, both while streaming traffic flows through the supervisor (DESIGN §6)."""
+client, both while streaming traffic flows through the supervisor."""
 
 from __future__ import annotations
 

@@ -20,11 +20,12 @@ from typing import TypeVar
 import httpx
 import trio
 
-from ._breaker import BreakerHandle
-from ._chunks import StreamChunk, Usage
-from ._config import EndpointConfig
-from ._engine import Engine, Priority, Submission
-from ._errors import (
+from .._accounting import CallRecord, EndpointMeter
+from .._breaker import BreakerHandle
+from .._chunks import StreamChunk, Usage
+from .._config import EndpointConfig
+from .._engine import Engine, Priority, Submission
+from .._errors import (
     ConfigError,
     RakkaError,
     RateLimited,
@@ -33,12 +34,11 @@ from ._errors import (
     Unauthorized,
     classify_http_status,
 )
-from ._limits import Cost, LimiterHandle, Reservation
-from ._metrics import CallRecord, EndpointMeter
-from ._providers import stream_adapter_for
-from ._providers._base import StreamAdapter
-from ._request import ChatRequest, Completion, build_http_request
-from ._retry import Retrier
+from .._limits import Cost, LimiterHandle, Reservation
+from .._providers import stream_adapter_for
+from .._providers._base import StreamAdapter
+from .._request import ChatRequest, Completion, build_http_request
+from .._retry import Retrier
 from ._session import Session, transport_error
 from ._sse_trio import SSEStream, aiter_sse
 
@@ -188,7 +188,7 @@ class Endpoint:
         self._config = config
         self._breaker = breaker
         self._limiter = limiter
-        self._meter = meter  # metrics and budget of every call (DESIGN §4.7)
+        self._meter = meter  # metrics and budget of every call (see docs/engine.md)
         self._engine: Engine | None = None  # the queued path; attached by the supervisor
         self._session = Session(
             config,
@@ -291,7 +291,7 @@ class Endpoint:
     async def submit(
         self, request: ChatRequest, *, priority: Priority = Priority.NORMAL
     ) -> Submission:
-        """Queue ``request`` on this endpoint's engine (DESIGN §4.7) and return its
+        """Queue ``request`` on this endpoint's engine (see docs/engine.md) and return its
         :class:`Submission`: ``async with await ep.submit(req) as s: async for chunk in s``.
 
         Raises at once when the request is refused: :class:`Backpressure` (capacity, per
@@ -329,7 +329,7 @@ class Endpoint:
             except RakkaError as exc:
                 failure: RakkaError = exc
             if isinstance(failure, Unauthorized) and not rotated:
-                # One credential rebuild and one immediate retry per call (DESIGN §4.5).
+                # One credential rebuild and one immediate retry per call (see README "Concepts").
                 rotated = True
                 await self._session.rotate(
                     seen_generation=getattr(failure, "_generation", None), reason="401"

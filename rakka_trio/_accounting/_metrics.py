@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from ._chunks import Usage
-from ._cost import BudgetStatistics, CostTracker
-from ._errors import (
+from .._chunks import Usage
+from .._errors import (
     Backpressure,
     BudgetExceeded,
     CircuitOpen,
@@ -42,24 +41,11 @@ from ._errors import (
     StreamError,
     Timeout,
 )
+from ._cost import BudgetStatistics, CostTracker
 
 if TYPE_CHECKING:
-    from ._supervisor import Supervisor
+    pass
 
-__all__ = [
-    "LATENCY_BUCKETS",
-    "OUTCOMES",
-    "CallRecord",
-    "DeploymentMeter",
-    "DeploymentStatistics",
-    "EndpointMeter",
-    "EndpointMetrics",
-    "Latency",
-    "LatencySummary",
-    "TokenTotals",
-    "outcome_of",
-    "prometheus_text",
-]
 
 #: Request outcome labels, in exposition order. ``429`` covers provider rate limits, quota
 #: errors and our own limiter refusing; ``4xx`` other client errors; ``network`` connection
@@ -82,7 +68,7 @@ OUTCOMES = (
 #: Upper bounds (seconds) of the cumulative latency histogram buckets (``+Inf`` implied).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
-_RECENT = 512  # samples behind the reported percentiles
+RECENT_SAMPLES = 512  # samples behind the reported percentiles
 _NO_BUCKETS = (0,) * (len(LATENCY_BUCKETS) + 1)
 
 
@@ -151,11 +137,11 @@ class Latency:
         if ring is None or self.buckets is None:
             ring = self._ring = array("d")
             self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        if len(ring) < _RECENT:
+        if len(ring) < RECENT_SAMPLES:
             ring.append(seconds)
         else:
             ring[self._next] = seconds
-            self._next = (self._next + 1) % _RECENT
+            self._next = (self._next + 1) % RECENT_SAMPLES
         self.count += 1
         self.total += seconds
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -381,192 +367,3 @@ class DeploymentMeter:
             fallbacks=MappingProxyType(dict(self.fallbacks)),
             recovery_waits=self.recovery_waits,
         )
-
-
-# --- Prometheus text exposition -------------------------------------------------------------
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-_BOUNDS = (*(_number(b) for b in LATENCY_BUCKETS), "+Inf")
-_BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
-
-
-class _Families:
-    """Samples grouped by metric family, rendered with each family's HELP/TYPE header first
-    (the format requires a family's samples to be contiguous)."""
-
-    def __init__(self) -> None:
-        self._families: dict[str, tuple[str, str, list[str]]] = {}
-
-    def add(
-        self,
-        name: str,
-        kind: str,
-        help_text: str,
-        labels: Mapping[str, str],
-        value: float,
-        suffix: str = "",
-    ) -> None:
-        family = self._families.get(name)
-        if family is None:
-            family = self._families[name] = (kind, help_text, [])
-        rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-        family[2].append(f"{name}{suffix}{{{rendered}}} {_number(value)}")
-
-    def histogram(
-        self, name: str, help_text: str, labels: Mapping[str, str], summary: LatencySummary
-    ) -> None:
-        for bound, count in zip(_BOUNDS, summary.buckets, strict=True):
-            self.add(name, "histogram", help_text, {**labels, "le": bound}, count, "_bucket")
-        self.add(name, "histogram", help_text, labels, summary.total, "_sum")
-        self.add(name, "histogram", help_text, labels, summary.count, "_count")
-
-    def render(self) -> str:
-        lines: list[str] = []
-        for name, (kind, help_text, samples) in self._families.items():
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-            lines.extend(samples)
-        return "\n".join(lines) + "\n"
-
-
-def prometheus_text(sup: Supervisor) -> str:
-    """Every endpoint's and deployment's metrics in the Prometheus text format 0.0.4.
-
-    Serve it from any HTTP handler with ``Content-Type: text/plain; version=0.0.4``. Metric
-    names start with ``rakka_``; endpoints and deployments are labels.
-    """
-    stats = sup.statistics()
-    out = _Families()
-    for name, ep in stats.endpoints.items():
-        base = {"endpoint": name}
-        for state in _BREAKER_STATES:
-            out.add(
-                "rakka_breaker_state",
-                "gauge",
-                "1 for the breaker's current state, else 0.",
-                {**base, "state": state},
-                1 if ep.breaker.state.value == state else 0,
-            )
-        out.add(
-            "rakka_breaker_trips_total",
-            "counter",
-            "Times the breaker opened.",
-            base,
-            ep.breaker.trips,
-        )
-        m: EndpointMetrics | None = getattr(ep, "metrics", None)
-        if m is None:
-            continue
-        for outcome, count in m.requests.items():
-            out.add(
-                "rakka_requests_total",
-                "counter",
-                "Requests by outcome.",
-                {**base, "outcome": outcome},
-                count,
-            )
-        for kind, value in (
-            ("input", m.tokens.input),
-            ("output", m.tokens.output),
-            ("cached", m.tokens.cached),
-            ("reasoning", m.tokens.reasoning),
-        ):
-            out.add(
-                "rakka_tokens_total",
-                "counter",
-                "Tokens reported by the provider (cached within input, reasoning within output).",
-                {**base, "kind": kind},
-                value,
-            )
-        out.add("rakka_cost_usd_total", "counter", "Spend in USD since start.", base, m.cost)
-        for window, spend in (("hour", m.budget.hour), ("day", m.budget.day)):
-            out.add(
-                "rakka_spend_usd",
-                "gauge",
-                "Spend in USD over the rolling window.",
-                {**base, "window": window},
-                spend,
-            )
-        gauges: tuple[tuple[str, str, float], ...] = (
-            ("rakka_queue_depth", "Requests waiting in the engine queue.", m.queue_depth),
-            ("rakka_workers_busy", "Engine workers serving a request.", m.busy_workers),
-            ("rakka_workers", "Engine workers running.", m.workers),
-            (
-                "rakka_workers_limit",
-                "Engine worker limit now (halved when throttled).",
-                m.max_concurrent,
-            ),
-            ("rakka_in_flight", "Calls in progress (engine and direct).", m.in_flight),
-        )
-        for metric, help_text, gauge in gauges:
-            out.add(metric, "gauge", help_text, base, gauge)
-        if m.limiter_utilization is not None:
-            out.add(
-                "rakka_limiter_utilization",
-                "gauge",
-                "Highest rate-limit utilisation (0..1).",
-                base,
-                m.limiter_utilization,
-            )
-        for metric, summary, help_text in (
-            ("rakka_ttft_seconds", m.ttft, "Time from the call's start to its first chunk."),
-            ("rakka_request_duration_seconds", m.latency, "Duration of completed calls."),
-            ("rakka_queue_wait_seconds", m.queue_wait, "Time spent in the engine queue."),
-        ):
-            out.histogram(metric, help_text, base, summary)
-        for metric, summary in (
-            ("rakka_ttft_recent_seconds", m.ttft),
-            ("rakka_request_duration_recent_seconds", m.latency),
-        ):
-            quantiles = (("0.5", summary.p50), ("0.95", summary.p95), ("0.99", summary.p99))
-            for q, quantile in quantiles:
-                if quantile is not None:
-                    out.add(
-                        metric,
-                        "gauge",
-                        f"Percentile of the last {_RECENT} samples.",
-                        {**base, "quantile": q},
-                        quantile,
-                    )
-    deployments: Mapping[str, DeploymentStatistics] = getattr(stats, "deployments", {})
-    for name, dep in deployments.items():
-        base = {"deployment": name}
-        for outcome, count in dep.requests.items():
-            out.add(
-                "rakka_deployment_requests_total",
-                "counter",
-                "Deployment requests by final outcome.",
-                {**base, "outcome": outcome},
-                count,
-            )
-        for key, count in dep.fallbacks.items():
-            endpoint, _, reason = key.rpartition(":")
-            out.add(
-                "rakka_deployment_fallbacks_total",
-                "counter",
-                "Moves to the next endpoint, by the endpoint left and the error.",
-                {**base, "endpoint": endpoint, "reason": reason},
-                count,
-            )
-        out.add(
-            "rakka_deployment_recovery_waits_total",
-            "counter",
-            "Requests that waited for a breaker to recover.",
-            base,
-            dep.recovery_waits,
-        )
-    return out.render()

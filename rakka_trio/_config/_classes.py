@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import attrs
 
-from ._credentials import Credential
-from ._errors import ConfigError
+from .._credentials import Credential
+from .._errors import ConfigError
 
 __all__ = [
     "BreakerConfig",
@@ -157,7 +157,7 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 @attrs.frozen(kw_only=True)
 class BreakerConfig:
-    """Circuit-breaker rules for one endpoint (DESIGN §4.1).
+    """Circuit-breaker rules for one endpoint (see README "Concepts").
 
     It trips on ``failure_threshold`` consecutive failures, or when the failure rate over the
     sliding window reaches ``failure_rate_threshold`` once ``minimum_calls`` were seen, or when
@@ -207,7 +207,7 @@ class BreakerConfig:
 
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
-    """How failed calls are retried (DESIGN §4.3).
+    """How failed calls are retried (see README "Concepts").
 
     Backoff starts at ``initial_backoff`` and grows by ``multiplier`` up to ``max_backoff``,
     with ``jitter``. ``deadline`` bounds the whole call including waits; server hints
@@ -235,7 +235,7 @@ class RetryPolicy:
         errors = []
         if self.max_backoff < self.initial_backoff:
             errors.append(("max_backoff", "must be >= initial_backoff"))
-        from . import _errors  # the names users may write in per_error
+        from .. import _errors  # the names users may write in per_error
 
         for key, value in self.per_error.items():
             cls = getattr(_errors, key, None)
@@ -249,7 +249,7 @@ class RetryPolicy:
 
 @attrs.frozen(kw_only=True)
 class RateLimits:
-    """Provider budgets for one endpoint's key (DESIGN §4.6). ``None`` means unlimited.
+    """Provider budgets for one endpoint's key; ``None`` means unlimited (docs/rate-limiting.md).
 
     A limit of L per minute refills continuously at L/60 per second and holds at most one
     minute's worth, or ``*_burst`` units when set (a cost above the burst fails at once).
@@ -330,7 +330,7 @@ class Timeouts:
 
 @attrs.frozen(kw_only=True)
 class EngineConfig:
-    """The queued engine path of one endpoint (``endpoint.submit``, deployments; DESIGN §4.7).
+    """The queued engine path of one endpoint: ``endpoint.submit`` and deployments (docs/engine.md).
 
     A bounded priority queue of at most ``queue_size`` waiting requests feeds up to
     ``max_concurrent`` workers (default: ``limits.max_concurrent`` when set, else 64; workers
@@ -441,7 +441,7 @@ class EndpointConfig:
         factory=RateLimits, validator=_instance(RateLimits, "a RateLimits")
     )
     timeouts: Timeouts = attrs.field(factory=Timeouts, validator=_instance(Timeouts, "a Timeouts"))
-    # The engine path (DESIGN §4.7): queue and workers, spend budget, prices of this
+    # The engine path (see docs/engine.md): queue and workers, spend budget, prices of this
     # endpoint's models (over SupervisorConfig.prices and the built-in defaults), and the
     # model's context window in tokens (a request estimated larger is sent down the chain).
     engine: EngineConfig = attrs.field(
@@ -458,7 +458,7 @@ class EndpointConfig:
 
 @attrs.frozen(kw_only=True)
 class DeploymentConfig:
-    """A named fallback chain: requests try ``endpoints`` in order (DESIGN §4.7).
+    """A named fallback chain: requests try ``endpoints`` in order (see docs/engine.md).
 
     ``timeout`` is the default deadline in seconds of a request through the deployment
     (queueing, fallbacks and waiting included). With ``wait_for_recovery``, a request that

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import trio
 
-from ._errors import NetworkError, Timeout
-from ._sse import SSEDecoder, SSEEvent
+from .._errors import NetworkError, Timeout
+from .._sse import SSEDecoder, SSEEvent
 
 __all__ = ["SSEStream", "aiter_sse"]
 

@@ -21,10 +21,10 @@ from types import MappingProxyType
 import attrs
 import trio
 
-from ._chunks import Usage
-from ._config import BudgetConfig, ModelPrice
-from ._errors import BudgetExceeded
-from ._events import Event
+from .._chunks import Usage
+from .._config import BudgetConfig, ModelPrice
+from .._errors import BudgetExceeded
+from .._events import Event
 
 __all__ = [
     "DEFAULT_PRICES",

@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 import attrs
 import cattrs
 
-from ._credentials import (
+from .._credentials import (
     CallableCredential,
     Credential,
     EnvCredential,
@@ -25,7 +25,7 @@ from ._credentials import (
     StaticCredential,
     credential_from_raw,
 )
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = ["structure_config", "unstructure_config"]
 

@@ -18,9 +18,9 @@ import attrs
 import httpx
 import trio
 
-from ._config import EndpointConfig
-from ._credentials import Secret
-from ._errors import NetworkError, RakkaError, Timeout
+from .._config import EndpointConfig
+from .._credentials import Secret
+from .._errors import NetworkError, RakkaError, Timeout
 
 __all__ = ["Session", "SessionStatistics", "auth_headers", "transport_error"]
 
