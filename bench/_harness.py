@@ -37,6 +37,7 @@ import trio
 
 __all__ = [
     "Goal",
+    "LineReader",
     "Loop",
     "LoopSetup",
     "MockServerProcess",
@@ -271,6 +272,27 @@ class MockServerProcess:
             self._proc = None
 
 
+class LineReader:
+    """Lines (without the newline) from a Trio byte stream, e.g. a child process's pipe."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buf = b""
+
+    async def readline(self) -> str | None:
+        """The next line; ``None`` at the end of the stream."""
+        while b"\n" not in self._buf:
+            chunk = await self._stream.receive_some(4096)
+            if not chunk:
+                if not self._buf:
+                    return None
+                line, self._buf = self._buf, b""
+                return line.decode()
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+
 # --- tables --------------------------------------------------------------------------------------
 
 
@@ -293,7 +315,7 @@ class Row:
 def _fmt(value: float) -> str:
     if math.isnan(value):
         return "n/a"
-    if value == 0 or abs(value) >= 100:
+    if float(value).is_integer() or abs(value) >= 100:
         return f"{value:,.0f}"
     if abs(value) >= 10:
         return f"{value:.1f}"
@@ -331,7 +353,7 @@ def print_table(
         vs = r.vs or baseline
         base = values[vs]
         ratio = r.value / base if base else math.nan
-        shown = "" if r.name == vs else f"{ratio:.2f}x"
+        shown = "" if r.name == vs else "n/a" if math.isnan(ratio) else f"{ratio:.2f}x"
         check = ""
         if r.goal is not None:
             op, bound = r.goal

@@ -9,14 +9,15 @@ started it), then prints a JSON report: requests seen by each provider and, for 
 one, how many arrived inside a Retry-After window it had announced.
 
 A request counts as *inside* when it arrived more than ``GRACE`` seconds after a 429 and
-before that 429's Retry-After ran out. Requests that arrive within ``GRACE`` of a 429 were
-most likely already on their way when it was sent (the client could not know yet); they are
-reported separately as ``in_flight``.
+before that 429's Retry-After ran out. Requests inside a Retry-After only because of a 429
+sent less than ``GRACE`` before they arrived were most likely already on their way when it
+went out (the client could not know yet); they are reported separately as ``in_flight``.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 
 import trio
@@ -30,16 +31,18 @@ RECORDED = 1_000_000
 
 def retry_after_report(records: list[RecordedRequest], retry_after: float) -> dict[str, int]:
     """Count requests arriving inside a Retry-After announced by an earlier 429."""
+    arrivals = sorted(records, key=lambda r: r.received_at)
+    limited = [r.received_at for r in arrivals if r.status == 429]
     inside = in_flight = 0
-    last_429: float | None = None
-    for rec in sorted(records, key=lambda r: r.received_at):
-        if last_429 is not None and rec.received_at < last_429 + retry_after:
-            if rec.received_at - last_429 > GRACE:
-                inside += 1
-            else:
-                in_flight += 1
-        if rec.status == 429:
-            last_429 = rec.received_at
+    for rec in arrivals:
+        t = rec.received_at
+        # The latest 429 the client could have seen, and the latest one at all, before t.
+        seen = bisect.bisect_left(limited, t - GRACE) - 1
+        latest = bisect.bisect_left(limited, t) - 1
+        if seen >= 0 and t < limited[seen] + retry_after:
+            inside += 1
+        elif latest >= 0 and t < limited[latest] + retry_after:
+            in_flight += 1
     return {"requests": len(records), "inside_retry_after": inside, "in_flight": in_flight}
 
 
