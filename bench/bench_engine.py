@@ -1,4 +1,4 @@
-"""P8 (scale) and P5 through the engine path.
+"""P8 (scale): many endpoints, and event fan-out to in-process subscribers.
 
 P8a: start a supervisor with 1,000 endpoints (config validation, breaker tasks, limiters,
 engines and meters) and measure the time until every task is idle, and the Python memory per
@@ -8,30 +8,25 @@ P8b: stream requests through the engine (``endpoint.submit``) against the mock p
 own process, with 0 subscribers and then with 50 (49 reading, one that never reads) while a
 side task floods the event bus with breaker commands and transitions. Publishing never blocks,
 so request throughput should be unchanged; the silent subscriber only loses old events.
-
-P5 again: the same streaming loop as ``bench_pipeline`` through ``endpoint.submit`` (queue,
-worker, chunk channel, handle) next to ``Endpoint.stream`` and a bare httpx loop.
+The engine path's throughput against the hand-written floor is P5 (``bench_pipeline``); the
+control-plane viewers' cost is in ``bench_control``.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
-import subprocess
-import sys
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import trio
 import trio.testing
-from _harness import Row, print_table, rate_and_cpu
-from bench_pipeline import CONCURRENCY, bare_loop, pipeline_loop
+from _harness import MockServerProcess, Row, alternate, median, print_table, rate_and_cpu
 
 import rakka_trio as rk
 
-HERE = Path(__file__).resolve().parent
 ENDPOINTS = 1000
+CONCURRENCY = 16
 SUBSCRIBERS = 50
 DURATION = 2.0
 REPEATS = 3
@@ -84,13 +79,6 @@ def endpoint_config(base_url: str, name: str = "bench") -> rk.EndpointConfig:
     return rk.EndpointConfig(name=name, provider="openai", base_url=base_url, model="bench")
 
 
-async def engine_loop(base_url: str) -> tuple[float, float]:
-    """(completed streams per second, client CPU microseconds per stream) through submit."""
-    cfg = rk.SupervisorConfig(endpoints=[endpoint_config(base_url)])
-    async with rk.open_supervisor(cfg) as sup:
-        return await _engine_traffic(sup)
-
-
 async def _engine_traffic(sup: rk.Supervisor) -> tuple[float, float]:
     ep = sup.endpoint("bench")
 
@@ -140,32 +128,22 @@ async def fanout_loop(base_url: str, subscribers: int) -> tuple[float, int, int,
     return rate, published, first, dropped
 
 
-def best(runs: list[tuple[float, ...]]) -> tuple[float, ...]:
-    return max(runs, key=lambda r: r[0])
-
-
-def with_mock_server(fn: Callable[[str], None]) -> None:
-    server = subprocess.Popen(
-        [sys.executable, str(HERE / "_mock_server.py"), "16"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        fn(f"http://127.0.0.1:{port}/v1")
-    finally:
-        if server.stdin is not None:
-            server.stdin.close()
-        server.wait(timeout=10)
+def medians(runs: list[tuple[float, ...]]) -> tuple[float, ...]:
+    """The median of each field over the runs."""
+    return tuple(median(field) for field in zip(*runs, strict=True))
 
 
 def run_scale() -> None:
     """P8a: start time and memory of 1,000 endpoints."""
-    one = min(trio.run(start_supervisor, 1)[1] for _ in range(REPEATS))
-    starts = [trio.run(start_supervisor, ENDPOINTS) for _ in range(REPEATS)]
-    build, start = min(starts, key=lambda r: r[1])
+    runs = alternate(
+        {
+            "one": functools.partial(trio.run, start_supervisor, 1),
+            "many": functools.partial(trio.run, start_supervisor, ENDPOINTS),
+        },
+        REPEATS,
+    )
+    one = median([start for _, start in runs["one"]])
+    build, start = medians(list(runs["many"]))
     mem_one = trio.run(supervisor_memory, 1)
     mem_many = trio.run(supervisor_memory, ENDPOINTS)
     per_endpoint = (mem_many - mem_one) / (ENDPOINTS - 1)
@@ -181,7 +159,7 @@ def run_scale() -> None:
     ]
     print_table(
         f"P8 {ENDPOINTS:,} endpoints under one supervisor (breaker task, limiter, engine and "
-        f"meter each; best of {REPEATS})",
+        f"meter each; median of {REPEATS} alternating repeats)",
         rows,
         baseline="start, 1 endpoint",
         goal="start < 1 s",
@@ -191,14 +169,16 @@ def run_scale() -> None:
 def run_fanout(base_url: str) -> None:
     """P8b: requests/s with 0, 1 silent, and 50 subscribers (one never reads) during an
     event flood."""
-    runs: dict[int, list[tuple[float, ...]]] = {0: [], 1: [], SUBSCRIBERS: []}
-    for _ in range(REPEATS):  # interleaved so drift on a shared machine hits all alike
-        for count in runs:
-            runs[count].append(trio.run(fanout_loop, base_url, count))
-        time.sleep(0.2)
-    q_rate, q_pub, _, _ = best(runs[0])
-    s_rate, s_pub, _, s_dropped = best(runs[1])
-    l_rate, l_pub, l_first, l_dropped = best(runs[SUBSCRIBERS])
+    runs = alternate(
+        {
+            count: functools.partial(trio.run, fanout_loop, base_url, count)
+            for count in (0, 1, SUBSCRIBERS)
+        },
+        REPEATS,
+    )
+    q_rate, q_pub, _, _ = medians(list(runs[0]))
+    s_rate, s_pub, _, s_dropped = medians(list(runs[1]))
+    l_rate, l_pub, l_first, l_dropped = medians(list(runs[SUBSCRIBERS]))
     rows = [
         Row(
             "engine requests, 0 subscribers",
@@ -222,7 +202,7 @@ def run_fanout(base_url: str) -> None:
     ]
     print_table(
         f"P8 event fan-out while {CONCURRENCY} request loops stream through the engine "
-        f"(one subscriber never reads; best of {REPEATS} x {DURATION:g} s)",
+        f"(one subscriber never reads; median of {REPEATS} alternating {DURATION:g} s runs)",
         rows,
         baseline="engine requests, 0 subscribers",
         goal="a slow subscriber never slows requests (ratio ~1.0; readers cost only their CPU)",
@@ -230,56 +210,12 @@ def run_fanout(base_url: str) -> None:
     )
 
 
-def run_pipeline(base_url: str) -> None:
-    """P5 through the engine path."""
-    results: dict[str, list[tuple[float, float]]] = {"bare": [], "stream": [], "submit": []}
-    loops: dict[str, Callable[[str], Awaitable[tuple[float, float]]]] = {
-        "bare": bare_loop,
-        "stream": pipeline_loop,
-        "submit": engine_loop,
-    }
-    for _ in range(REPEATS):
-        for name, loop in loops.items():
-            results[name].append(trio.run(loop, base_url))
-        time.sleep(0.2)
-    (bare, bare_cpu), (stream, stream_cpu), (submit, submit_cpu) = (
-        max(results[name]) for name in ("bare", "stream", "submit")
-    )
-    rows = [
-        Row("bare httpx stream loop", bare, "r/s", f"floor; client CPU {bare_cpu:.0f} us/req"),
-        Row(
-            "Endpoint.stream",
-            stream,
-            "r/s",
-            f"client CPU {stream_cpu:.0f} us/req ({stream_cpu / bare_cpu:.2f}x bare)",
-        ),
-        Row(
-            "endpoint.submit (engine)",
-            submit,
-            "r/s",
-            f"client CPU {submit_cpu:.0f} us/req ({submit_cpu / bare_cpu:.2f}x bare)",
-        ),
-    ]
-    print_table(
-        f"P5 through the engine path: streamed completions per second, {CONCURRENCY} loops, "
-        f"16 chunks each, mock provider in its own process (best of {REPEATS} x "
-        f"{DURATION:g} s)",
-        rows,
-        baseline="bare httpx stream loop",
-        goal="engine path >= 85% of bare httpx throughput",
-        higher_is_better=True,
-    )
-
-
 def run() -> None:
-    """Print the P8 tables and P5 through the engine."""
+    """Print the P8 tables (scale and in-process event fan-out)."""
     run_scale()
-
-    def traffic(base_url: str) -> None:
-        run_fanout(base_url)
-        run_pipeline(base_url)
-
-    with_mock_server(traffic)
+    with MockServerProcess(chunks=16) as mock:
+        run_fanout(mock.url())
+        mock.stop()
 
 
 if __name__ == "__main__":
