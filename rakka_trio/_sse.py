@@ -41,9 +41,7 @@ it is chunked, and ``max_event_size`` bounds what one event may buffer.
 
 from __future__ import annotations
 
-from typing import Any, Final
-
-import attrs
+from typing import Final, NamedTuple
 
 from ._errors import EventTooLarge
 
@@ -52,15 +50,15 @@ __all__ = ["SSEDecoder", "SSEEvent"]
 _BOM: Final = b"\xef\xbb\xbf"
 
 
-@attrs.frozen
-class SSEEvent:
+class SSEEvent(NamedTuple):
     """One dispatched server-sent event.
 
     ``event`` is the event type (``"message"`` unless the stream set one), ``data`` the joined
     ``data`` lines, ``id`` the last event ID in effect when the event was dispatched (it persists
     across events until the stream changes it), and ``retry`` the reconnection time in
     milliseconds in effect at dispatch (``None`` until the stream sent a valid ``retry`` field).
-    Events compare equal by value.
+    Events are immutable values: they compare equal by value, hash, pickle, and
+    ``event._replace(data=...)`` makes a changed copy.
     """
 
     event: str = "message"
@@ -69,24 +67,13 @@ class SSEEvent:
     retry: int | None = None
 
 
-# Building a frozen attrs instance through ``__init__`` goes through ``object.__setattr__`` four
-# times and dominates the per-event cost. The slot descriptors set the same slots directly
-# (bypassing only the frozen guard, which exists to stop *users* mutating events); the result is
-# indistinguishable from ``SSEEvent(...)``, which the tests check.
-_new_object = object.__new__
-_set_event: Any = SSEEvent.__dict__["event"].__set__
-_set_data: Any = SSEEvent.__dict__["data"].__set__
-_set_id: Any = SSEEvent.__dict__["id"].__set__
-_set_retry: Any = SSEEvent.__dict__["retry"].__set__
+# A named tuple is built by one C call from a plain tuple, which the decoder does directly (the
+# generated ``__new__`` adds a Python-level call per event, the bulk of the per-event cost).
+_new_tuple = tuple.__new__
 
 
 def _make_event(event: str, data: str, ident: str, retry: int | None) -> SSEEvent:
-    ev: SSEEvent = _new_object(SSEEvent)
-    _set_event(ev, event)
-    _set_data(ev, data)
-    _set_id(ev, ident)
-    _set_retry(ev, retry)
-    return ev
+    return _new_tuple(SSEEvent, (event, data, ident, retry))
 
 
 # CPython refuses to parse integers longer than this many digits (a guard against quadratic
@@ -236,13 +223,13 @@ class SSEDecoder:
                 and 10 not in first
                 and len(first) <= limit
             ):
-                # One whole single-line event (typical of small reads): _make_event inlined.
-                ev = _new_object(SSEEvent)
-                _set_event(ev, "message")
-                _set_data(ev, first[6:].decode("utf-8", "replace"))
-                _set_id(ev, self._id)
-                _set_retry(ev, self._retry)
-                events.append(ev)
+                # One whole single-line event (typical of small reads).
+                events.append(
+                    _new_tuple(
+                        SSEEvent,
+                        ("message", first[6:].decode("utf-8", "replace"), self._id, self._retry),
+                    )
+                )
             else:
                 lines = first.split(b"\n")
                 lines.append(b"")
@@ -358,20 +345,11 @@ class SSEDecoder:
         retry = self._retry
         limit = self._max
         append = events.append
-        new = _new_object
-        set_event = _set_event
-        set_data = _set_data
-        set_id = _set_id
-        set_retry = _set_retry
+        new = _new_tuple
         for p in parts:
             if 10 not in p and (small or len(p) + 6 <= limit):
                 # The hot loop: a piece without LF is one event's data (_make_event inlined).
-                ev = new(SSEEvent)
-                set_event(ev, "message")
-                set_data(ev, p.decode("utf-8", "replace"))
-                set_id(ev, ident)
-                set_retry(ev, retry)
-                append(ev)
+                append(new(SSEEvent, ("message", p.decode("utf-8", "replace"), ident, retry)))
             else:
                 lines = p.split(b"\n")
                 lines[0] = b"data: " + lines[0]

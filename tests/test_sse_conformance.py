@@ -13,7 +13,6 @@ import pickle
 import random
 from collections.abc import Iterator
 
-import attrs
 import pytest
 
 import rakka_trio as rk
@@ -442,8 +441,9 @@ def test_decoded_events_behave_like_constructed_ones() -> None:
     assert repr(fast) == repr(SSEEvent(data="a"))
     assert pickle.loads(pickle.dumps(fast)) == fast
     assert copy.deepcopy(ev) == ev
-    assert attrs.evolve(fast, data="b") == SSEEvent(data="b")
-    assert attrs.asdict(ev) == {"event": "e", "data": "a", "id": "1", "retry": 5}
+    assert fast._replace(data="b") == SSEEvent(data="b")
+    assert ev._asdict() == {"event": "e", "data": "a", "id": "1", "retry": 5}
+    assert type(ev) is SSEEvent and type(fast) is SSEEvent
 
 
 def test_accepts_bytearray_and_memoryview() -> None:
