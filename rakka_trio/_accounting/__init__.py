@@ -4,6 +4,7 @@
 through and the frozen snapshots they produce, ``_prometheus`` renders those snapshots.
 """
 
+from ._collector import PrometheusCollector
 from ._cost import (
     DEFAULT_PRICES,
     BudgetAlert,
@@ -42,6 +43,7 @@ __all__ = [
     "Latency",
     "LatencySummary",
     "PriceTable",
+    "PrometheusCollector",
     "TokenTotals",
     "outcome_of",
     "prometheus_text",
