@@ -196,6 +196,7 @@ def test_two_demo_processes_share_one_budget(private_redis: RedisServer) -> None
         assert "shared budgets (redis, 2 nodes)" in out
     total = sum(_rate(out, "primary") for out, _ in outputs)
     (primary_rpm, burst) = _demo.SHARED_BUDGETS["primary"]
+    assert burst is not None
     # One budget: its rate plus each node's first burst, over a 6 s run.
     bound = primary_rpm + 2 * burst * 60 / 6
     assert total <= bound * 1.15, (total, bound)
