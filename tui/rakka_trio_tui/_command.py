@@ -26,7 +26,8 @@ def add_tui_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "tui",
         help="live terminal console: breakers, events, force-open and reset",
         description="Watch a control server live (endpoint table, event log) and act on "
-        "breakers: f force-open, r reset, d disable, / filter, ? help, q quit. Reconnects "
+        "breakers: f force-open, r reset, d disable, / filter, ? help, q (or Ctrl-C) quit. "
+        "Durations are typed like the CLI's --duration (300, 90s, 5m, 2h, 1d). Reconnects "
         "automatically when the connection drops.",
         epilog=f"The token comes from --token, --token-file or ${TOKEN_ENV} (prefer the "
         "variable or a file: other users can read command-line arguments in `ps`). Without a "
