@@ -23,6 +23,16 @@ def _require_extras(args: argparse.Namespace) -> None:
         require("textual", "tui", "the operator console")
 
 
+_DEMO_EPILOG = """\
+exit status:
+  0    the incident played out: the breaker tripped and recovered
+  1    it did not (the reason is printed), or the console was closed early
+  2    usage error
+  3    --redis given but Redis cannot be reached
+  130  stopped by Ctrl-C (SIGINT), 143 by SIGTERM: after a clean leave and a partial report
+"""
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -31,6 +41,33 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def _loops(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 1000, got {value}")
+    return value
+
+
+def _redis_url(text: str) -> str:
+    from ._demo_shared import check_redis_url
+
+    problem = check_redis_url(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """True for a KeyboardInterrupt, alone or in (nested) exception groups of nothing else:
+    Trio delivers a Ctrl-C that lands inside a nursery wrapped in a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_interrupted(e) for e in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream completions from a loopback mock provider through a supervisor "
         "while a scripted incident (503 storm, 429s, recovery) trips and recovers a breaker; "
         "serves the control plane on a printed URL and prints a live summary and a report.",
+        epilog=_DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "--duration", type=_positive_float, default=10.0, help="seconds to run (default 10)"
@@ -59,13 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--redis",
         metavar="URL",
+        type=_redis_url,
         default=None,
         help="share the rate limits through Redis (approximate mode: budget leased in the "
-        "background, admission at local speed), e.g. redis://127.0.0.1:6379/0",
+        "background, admission at local speed), e.g. redis://127.0.0.1:6379/0; the budgets "
+        "are small so that two demos on one Redis visibly share them; refused if Redis "
+        "cannot be reached",
     )
     demo.add_argument("--seed", type=int, default=1, help="random seed for the load generator")
     demo.add_argument(
-        "--concurrency", type=int, default=8, help="concurrent request loops (default 8)"
+        "--concurrency", type=_loops, default=8, help="concurrent request loops (default 8)"
     )
 
     from ._control import _cli as _control_cli
@@ -98,8 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 redis_url=args.redis,
                 tui=args.tui,
             )
-        except KeyboardInterrupt:
-            return 130
+        except BaseException as exc:
+            # A Ctrl-C before the demo watches for signals (or after): no traceback.
+            if _interrupted(exc):
+                return 130
+            raise
     if args.command == "tui":
         from rakka_trio_tui._command import run_tui_command
 

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
-import queue
 import secrets
-import threading
-import time
+import sys
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 import trio
@@ -42,9 +39,11 @@ from ._config._classes import (
 )
 from ._control import ControlServer, serve_control
 from ._credentials import StaticCredential
+from ._demo_shared import SharedBudgets, check_redis_url, redis_problem, shown_redis_url
 from ._errors import RakkaError
 from ._events import BreakerState, Command, Transition
 from ._request import ChatRequest
+from ._signals import SignalShutdown, shutdown_on_signals
 from ._supervisor import (
     EndpointStatistics,
     Supervisor,
@@ -72,6 +71,29 @@ _DEMO_KEY = "sk-demo-" + "0" * 24  # the mock provider's key; not a real credent
 _REPLY = "Structured concurrency means every request has an owner and an outcome."
 _PROMPTS = ("Summarise the incident.", "Why did the breaker open?", "Is the backup healthy?")
 
+# Requests per minute for each endpoint, and the burst (requests admitted at once) of the
+# shared budgets: one demo sends several hundred requests a second, so a shared budget of 50/s
+# is used up by one process and split visibly between two.
+LOCAL_BUDGETS: Mapping[str, tuple[int, int | None]] = {
+    "primary": (60_000, None),
+    "backup": (30_000, None),
+}
+SHARED_BUDGETS: Mapping[str, tuple[int, int | None]] = {
+    "primary": (3_000, 50),
+    "backup": (1_500, 25),
+}
+
+
+def _limits(budget: tuple[int, int | None], mode: LimiterMode) -> RateLimits:
+    requests, burst = budget
+    return RateLimits(
+        requests_per_minute=requests,
+        requests_burst=burst,
+        tokens_per_minute=requests * 300,  # ~15 tokens a request: never the binding limit
+        mode=mode,
+    )
+
+
 # The incident, as fractions of the run.
 STORM = (0.2, 0.5)  # primary answers 503
 THROTTLE = (0.3, 0.45)  # backup answers some 429s with Retry-After
@@ -91,6 +113,10 @@ class DemoReport:
     cost: float
     failures: dict[str, int]
     control_url: str
+    stopped_at: float | None = None
+    """Seconds into the run when it was stopped early (a signal), or ``None``."""
+    shared_nodes: int | None = None
+    """With ``--redis``: the most nodes seen sharing the budgets."""
 
 
 def demo_config(
@@ -110,8 +136,11 @@ def demo_config(
     # Failing over quickly matters more here than persistence: one quick retry, then move on.
     retry = RetryPolicy(max_retries=1, initial_backoff=0.02, max_backoff=0.1, max_server_wait=1.0)
     # Approximate: each process leases budget from Redis in the background and admits at
-    # local speed, so several demo processes pointed at one Redis share one budget.
+    # local speed, so several demo processes pointed at one Redis share one budget. Shared
+    # budgets are small (a fraction of what one demo asks for) so that sharing shows: a second
+    # demo on the same Redis halves what each one gets.
     mode: LimiterMode = "approximate" if redis_url else "local"
+    budgets = SHARED_BUDGETS if redis_url else LOCAL_BUDGETS
     common = {
         "model": "demo-model",
         "credential": StaticCredential(_DEMO_KEY),
@@ -124,9 +153,7 @@ def demo_config(
                 name="primary",
                 provider="openai",
                 base_url=base_urls["openai"],
-                limits=RateLimits(
-                    requests_per_minute=60_000, tokens_per_minute=20_000_000, mode=mode
-                ),
+                limits=_limits(budgets["primary"], mode),
                 prices={"demo-model": ModelPrice(input=2.5, output=10.0)},
                 **common,  # type: ignore[arg-type]
             ),
@@ -134,9 +161,7 @@ def demo_config(
                 name="backup",
                 provider="anthropic",
                 base_url=base_urls["anthropic"],
-                limits=RateLimits(
-                    requests_per_minute=30_000, tokens_per_minute=10_000_000, mode=mode
-                ),
+                limits=_limits(budgets["backup"], mode),
                 prices={"demo-model": ModelPrice(input=3.0, output=15.0)},
                 **common,  # type: ignore[arg-type]
             ),
@@ -229,7 +254,12 @@ def _endpoint_table(title: str) -> Table:
 
 
 def _summary(
-    sup: Supervisor, tally: _Tally, t0: float, duration: float, control: ControlServer | None
+    sup: Supervisor,
+    tally: _Tally,
+    t0: float,
+    duration: float,
+    control: ControlServer | None,
+    shared: SharedBudgets | None = None,
 ) -> Group:
     elapsed = min(duration, trio.current_time() - t0)
     table = _endpoint_table(f"t = {elapsed:5.1f}s of {duration:g}s")
@@ -238,6 +268,8 @@ def _summary(
         table,
         Text(f"user requests served {tally.served}, failed {sum(tally.failed.values())}"),
     ]
+    if shared is not None:
+        lines.append(shared.summary(elapsed))
     if control is not None:
         lines.append(Text(f"control: {control.url}", style="dim"))
     return Group(*lines)
@@ -288,17 +320,20 @@ async def demo_main(
     token: str | None = None,
     live: bool = True,
     on_ready: Callable[[Supervisor, ControlServer, str], None] | None = None,
+    stop: Callable[[], Awaitable[object]] | None = None,
 ) -> DemoReport:
     """Run the scripted incident for ``duration`` seconds and return what happened.
 
     ``on_ready(sup, control_server, token)`` is called once everything is serving (tests and
-    ``--tui`` use it to attach).
+    ``--tui`` use it to attach). When ``await stop()`` returns first (``rakka-trio demo`` passes
+    :meth:`SignalShutdown.wait`), the load stops early and the report covers the run so far;
+    the supervisor still leaves cleanly.
     """
     token = token or secrets.token_urlsafe(18)
     tally = _Tally()
     transitions: list[tuple[float, str, str, str, str]] = []
-    # The provider advertises the same budgets the endpoints are configured with, so its
-    # rate-limit headers (which the limiter adapts to) tell the same story as the config.
+    # The provider advertises generous budgets: the endpoints' own (smaller, with --redis)
+    # limits are what the limiter enforces; provider headers may only lower them.
     mock = MockProvider(
         api_key=_DEMO_KEY,
         reply=_REPLY,
@@ -311,6 +346,7 @@ async def demo_main(
             output_tokens_per_minute=20_000_000,
         ),
     )
+    stopped_at: float | None = None
     async with trio.open_nursery() as services:
         await services.start(serve_mock_provider, mock)
         base_urls = {p: mock.base_url_for(p) for p in ("openai", "anthropic")}
@@ -319,19 +355,14 @@ async def demo_main(
             control = await services.start(
                 functools.partial(serve_control, sup, "127.0.0.1", 0, token=token)
             )
-            console.print(
-                f"[bold]rakka-trio demo[/]: {concurrency} request loops for {duration:g}s against "
-                f"a loopback mock provider at {mock.url}.\n"
-                f"  503 storm on [bold]primary[/] from {STORM[0]:.0%} to {STORM[1]:.0%} "
-                f"of the run; 429s with Retry-After on [bold]backup[/] from "
-                f"{THROTTLE[0]:.0%} to {THROTTLE[1]:.0%}.\n"
-                f"  control server: [bold]{control.url}[/]  token: [bold]{token}[/]\n"
-                f"  try: RAKKA_TOKEN={token} rakka-trio events {control.url}"
-            )
+            shared = SharedBudgets(sup, SHARED_BUDGETS) if redis_url else None
+            _print_intro(console, mock.url, control.url, token, duration, concurrency, shared)
             t0 = trio.current_time()
             script_incident(mock, t0, duration)
             async with trio.open_nursery() as watchers:
                 await watchers.start(_watch, sup, console, transitions, t0)
+                if shared is not None:
+                    watchers.start_soon(shared.watch, console, t0)
                 if on_ready is not None:
                     on_ready(sup, control, token)
                 view = (
@@ -341,15 +372,30 @@ async def demo_main(
                 )
                 with view if view is not None else contextlib.nullcontext():
                     async with trio.open_nursery() as load:
+                        waiting_for_stop = trio.CancelScope()
+
+                        async def stop_early(stop: Callable[[], Awaitable[object]]) -> None:
+                            nonlocal stopped_at
+                            with waiting_for_stop:
+                                await stop()
+                                stopped_at = min(duration, trio.current_time() - t0)
+                                load.cancel_scope.cancel()
+
+                        if stop is not None:
+                            load.start_soon(stop_early, stop)
                         for n in range(concurrency):
                             load.start_soon(_request_loop, sup, tally, t0 + duration, n)
                         while trio.current_time() < t0 + duration:
                             if view is not None:
-                                view.update(_summary(sup, tally, t0, duration, control))
+                                summary = _summary(sup, tally, t0, duration, control, shared)
+                                view.update(summary)
                             await trio.sleep(0.25)
+                        # The run is over: the loops finish the request they are in.
+                        waiting_for_stop.cancel()
                 await trio.sleep(0.05)  # let the last events reach the printer
                 watchers.cancel_scope.cancel()
             stats = sup.statistics()
+            shared_line = shared.summary(stopped_at or duration) if shared is not None else None
         services.cancel_scope.cancel()
     report = DemoReport(
         outcomes={
@@ -367,9 +413,50 @@ async def demo_main(
         tokens=tally.tokens,
         cost=sum(ep.metrics.cost for ep in stats.endpoints.values() if ep.metrics is not None),
         control_url=control.url,
+        stopped_at=stopped_at,
+        shared_nodes=shared.most_nodes if shared is not None else None,
     )
+    if stopped_at is not None:
+        console.print(
+            f"[bold yellow]stopped early[/] at t = {stopped_at:.1f}s of {duration:g}s: "
+            "the report covers the run so far"
+        )
     _print_report(console, report, stats)
+    if shared_line is not None:
+        console.print(shared_line)
     return report
+
+
+def _print_intro(
+    console: Console,
+    mock_url: str,
+    control_url: str,
+    token: str,
+    duration: float,
+    concurrency: int,
+    shared: SharedBudgets | None,
+) -> None:
+    console.print(
+        f"[bold]rakka-trio demo[/]: {concurrency} request loops for {duration:g}s against "
+        f"a loopback mock provider at {mock_url}.\n"
+        f"  503 storm on [bold]primary[/] from {STORM[0]:.0%} to {STORM[1]:.0%} "
+        f"of the run; 429s with Retry-After on [bold]backup[/] from "
+        f"{THROTTLE[0]:.0%} to {THROTTLE[1]:.0%}.\n"
+        f"  control server: [bold]{control_url}[/]  token: [bold]{token}[/]"
+    )
+    if shared is not None:
+        console.print(
+            f"  limits shared through Redis, kept small on purpose ({shared.describe()}): "
+            "start a second `rakka-trio demo --redis URL` and watch both share them."
+        )
+    console.print("  follow it from another terminal (one line, copy and paste):")
+    # Never wrapped: a URL broken over two lines cannot be pasted.
+    console.print(
+        f"RAKKA_TOKEN={token} rakka-trio events {control_url}",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
 
 
 def _print_report(console: Console, report: DemoReport, stats: SupervisorStatistics) -> None:
@@ -389,6 +476,23 @@ def _print_report(console: Console, report: DemoReport, stats: SupervisorStatist
     )
 
 
+def say(message: str) -> None:
+    """One ``rakka-trio demo: …`` line on stderr."""
+    print(f"rakka-trio demo: {message}", file=sys.stderr, flush=True)
+
+
+def exit_status(report: DemoReport) -> int:
+    """0 when the breaker visibly tripped and recovered; otherwise 1, and why."""
+    if report.trips >= 1 and report.recoveries >= 1:
+        return 0
+    say(
+        f"exit status 1: the run did not show the whole incident (breaker trips: "
+        f"{report.trips}, recoveries: {report.recoveries}). A longer --duration (5 s or more) "
+        "or more --concurrency gives the breaker the traffic it needs."
+    )
+    return 1
+
+
 def run_demo(
     *,
     duration: float = 10.0,
@@ -398,88 +502,54 @@ def run_demo(
     tui: bool = False,
     console: Console | None = None,
 ) -> int:
-    """Run the demo in a fresh Trio run; returns the process exit status (0 when the breaker
-    visibly tripped and recovered). With ``tui`` the operator console is attached to it."""
+    """Run the demo in a fresh Trio run; returns the process exit status: 0 when the breaker
+    visibly tripped and recovered, 1 when it did not (and why, on stderr), 2 for a bad
+    argument, 3 when Redis cannot be reached, 128 + the signal's number (130, 143) when
+    SIGINT or SIGTERM stopped it (after a clean leave and a partial report). With ``tui``
+    the operator console is attached to it."""
     console = console or Console()
-    if tui:
-        return _run_with_tui(
-            duration=duration,
-            seed=seed,
-            concurrency=concurrency,
-            redis_url=redis_url,
-            console=console,
-        )
-    report = trio.run(
-        functools.partial(
-            demo_main,
-            duration=duration,
-            seed=seed,
-            concurrency=concurrency,
-            console=console,
-            redis_url=redis_url,
-        )
-    )
-    return 0 if report.trips >= 1 and report.recoveries >= 1 else 1
-
-
-def _run_with_tui(
-    *, duration: float, seed: int, concurrency: int, redis_url: str | None, console: Console
-) -> int:
-    """The demo in a worker thread (its own Trio run) and the TUI in this one, attached to the
-    demo's control server. The demo's own output is kept until the TUI closes, then printed;
-    quitting the TUI early stops the demo."""
-    from rakka_trio_tui._command import run_tui
-
-    captured = Console(file=io.StringIO(), width=console.width, force_terminal=False)
-    ready: queue.Queue[tuple[str, str] | BaseException] = queue.Queue()
-    results: list[DemoReport] = []
-    stop: list[Callable[[], None]] = []
-
-    async def main() -> None:
-        def on_ready(sup: Supervisor, control: ControlServer, token: str) -> None:
-            trio_token = trio.lowlevel.current_trio_token()
-            stop.append(lambda: trio.from_thread.run_sync(scope.cancel, trio_token=trio_token))
-            ready.put((control.url, token))
-
-        with trio.CancelScope() as scope:
-            results.append(
-                await demo_main(
-                    duration=duration,
-                    seed=seed,
-                    concurrency=concurrency,
-                    console=captured,
-                    redis_url=redis_url,
-                    live=False,
-                    on_ready=on_ready,
-                )
+    if concurrency < 1:
+        say("--concurrency must be at least 1")
+        return 2
+    if redis_url is not None:
+        problem = check_redis_url(redis_url)
+        if problem is not None:
+            say(f"--redis: {problem}")
+            return 2
+        problem = trio.run(redis_problem, redis_url)
+        if problem is not None:
+            # Refuse rather than run on local fallback: the point of --redis is the sharing.
+            say(
+                f"cannot reach Redis at {shown_redis_url(redis_url)} ({problem}); start it "
+                "(e.g. `redis-server`) or run the demo without --redis"
             )
+            return 3
+    if tui:
+        from ._demo_tui import run_with_tui  # imports this module: loaded only when used
 
-    def worker() -> None:
-        try:
-            trio.run(main)
-        except BaseException as exc:  # handed to the main thread, which reports it
-            ready.put(exc)
+        return run_with_tui(
+            duration=duration,
+            seed=seed,
+            concurrency=concurrency,
+            redis_url=redis_url,
+            console=console,
+        )
 
-    thread = threading.Thread(target=worker, name="rakka-trio-demo", daemon=True)
-    thread.start()
-    first = ready.get(timeout=60)
-    if isinstance(first, BaseException):
-        raise first
-    url, token = first
-    load_ends = time.monotonic() + duration
-    try:
-        run_tui(url, token=token, client_name="demo-tui")
-    finally:
-        # Quitting the console before the incident is over stops the demo; after that, the
-        # demo is only writing its report, so let it finish.
-        if thread.is_alive() and stop and time.monotonic() < load_ends:
-            with contextlib.suppress(trio.RunFinishedError):
-                stop[0]()
-        thread.join(timeout=30)
-    output = captured.file.getvalue() if isinstance(captured.file, io.StringIO) else ""
-    console.print(output, end="", markup=False, highlight=False)
-    if not results:
-        console.print("(the demo was stopped before its end)")
-        return 1
-    report = results[0]
-    return 0 if report.trips >= 1 and report.recoveries >= 1 else 1
+    async def main() -> tuple[DemoReport, SignalShutdown]:
+        # Ctrl-C and SIGTERM stop the load; the report and a clean leave still follow.
+        async with shutdown_on_signals(cancel=False) as shutdown:
+            report = await demo_main(
+                duration=duration,
+                seed=seed,
+                concurrency=concurrency,
+                console=console,
+                redis_url=redis_url,
+                stop=shutdown.wait,
+            )
+        return report, shutdown
+
+    report, shutdown = trio.run(main)
+    if shutdown.signal is not None and shutdown.exit_code is not None:
+        say(f"stopped by {shutdown.signal.name} (exit status {shutdown.exit_code})")
+        return shutdown.exit_code
+    return exit_status(report)

@@ -4,17 +4,21 @@ real control server: output, exit codes, token sources, and that tokens never le
 from __future__ import annotations
 
 import functools
+import io
 import json
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+import rakka_trio as rk
 from rakka_trio import BreakerState as S
 from rakka_trio import _cli
+from rakka_trio._control import _cli as _control_cli
 from rakka_trio._control import _protocol as proto
 from rakka_trio._control._cli import (
     EXIT_AUTH,
@@ -23,6 +27,7 @@ from rakka_trio._control._cli import (
     EXIT_UNKNOWN_ENDPOINT,
     EXIT_USAGE,
     format_frame,
+    format_snapshot,
 )
 
 from .control_helpers import TOKEN, control_server, wait_for
@@ -72,7 +77,9 @@ async def test_force_open_reset_and_disable(capsys: pytest.CaptureFixture[str]) 
             assert stats.state is S.FORCED_OPEN and stats.forced_reason == "incident-42"
             assert stats.forced_by is not None and stats.forced_by.startswith("cli-test@127.0.0.1:")
 
-            code, out, _ = await cli(capsys, "disable", srv.url, "backup", "--token", TOKEN)
+            code, out, _ = await cli(
+                capsys, "disable", srv.url, "backup", "--until-reset", "--token", TOKEN
+            )
             assert code == EXIT_OK and out == "backup: disabled until reset\n"
             assert sup.breaker("backup").state is S.DISABLED
 
@@ -91,7 +98,8 @@ async def test_state(capsys: pytest.CaptureFixture[str]) -> None:
             lines = out.splitlines()
             assert lines[0].startswith("node ") and lines[0].endswith("2 endpoints")
             assert lines[1].split() == [
-                "ENDPOINT", "PROVIDER", "STATE", "FAILS", "RATE", "TRIPS", "UNTIL", "NOTE"
+                "ENDPOINT", "PROVIDER", "STATE", "FAILS", "RATE", "IN-FLIGHT", "P50/P95/P99",
+                "LIMITER", "TRIPS", "REJECTED", "UNTIL", "NOTE",
             ]  # fmt: skip
             alpha, beta = lines[2], lines[3]
             assert alpha.split()[:3] == ["alpha", "openai", "closed"]
@@ -139,7 +147,10 @@ async def test_events_tail(capsys: pytest.CaptureFixture[str]) -> None:
 async def test_connection_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with trio.fail_after(20):
         url = f"ws://127.0.0.1:{free_port()}"
-        for argv in (["state", url], ["force-open", url, "a", "--token", TOKEN]):
+        for argv in (
+            ["state", url],
+            ["force-open", url, "a", "--duration", "60", "--token", TOKEN],
+        ):
             code, out, err = await cli(capsys, *argv)
             assert code == EXIT_CONNECTION
             assert out == ""
@@ -152,7 +163,9 @@ async def test_auth_failures(capsys: pytest.CaptureFixture[str]) -> None:
     wrong = "wrong-token-a8b7c6d5"
     with trio.fail_after(20):
         async with control_server("a") as (sup, srv):
-            code, out, err = await cli(capsys, "force-open", srv.url, "a", "--token", wrong)
+            code, out, err = await cli(
+                capsys, "force-open", srv.url, "a", "--duration", "60", "--token", wrong
+            )
             assert (code, out) == (EXIT_AUTH, "")
             assert "authentication failed" in err and wrong not in err
             code, _, err = await cli(capsys, "state", srv.url)
@@ -172,7 +185,9 @@ async def test_auth_failures(capsys: pytest.CaptureFixture[str]) -> None:
 async def test_unknown_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
     with trio.fail_after(20):
         async with control_server("a", "b") as (_, srv):
-            code, out, err = await cli(capsys, "force-open", srv.url, "c", "--token", TOKEN)
+            code, out, err = await cli(
+                capsys, "force-open", srv.url, "c", "--duration", "60", "--token", TOKEN
+            )
             assert (code, out) == (EXIT_UNKNOWN_ENDPOINT, "")
             assert err == "rakka-trio: error: unknown endpoint 'c' (known: a, b)\n"
 
@@ -184,7 +199,7 @@ async def test_token_sources(
     with trio.fail_after(20):
         async with control_server("a") as (sup, srv):
             monkeypatch.setenv("RAKKA_TOKEN", TOKEN)
-            code, _, _ = await cli(capsys, "force-open", srv.url, "a")
+            code, _, _ = await cli(capsys, "force-open", srv.url, "a", "--until-reset")
             assert code == EXIT_OK and sup.breaker("a").state is S.FORCED_OPEN
             monkeypatch.setenv("RAKKA_TOKEN", "stale-token-from-env")
             token_file = tmp_path / "token"
@@ -204,8 +219,9 @@ async def test_values_the_protocol_refuses_are_usage_errors(
     with trio.fail_after(20):
         async with control_server("a") as (sup, srv):
             code, _, err = await cli(
-                capsys, "force-open", srv.url, "a", "--token", TOKEN, "--reason", "red\x1b[31m"
-            )
+                capsys, "force-open", srv.url, "a", "--duration", "60",
+                "--token", TOKEN, "--reason", "red\x1b[31m",
+            )  # fmt: skip
             assert code == EXIT_USAGE and "reason" in err and "\x1b" not in err
             assert sup.breaker("a").state is S.CLOSED
 
@@ -220,7 +236,11 @@ def run_main(argv: Sequence[str]) -> int:
 
 def test_argument_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main(["force-open", "ws://x:1", "a", "--duration", "-5"]) == EXIT_USAGE
-    assert "must be > 0" in capsys.readouterr().err
+    assert "not a duration" in capsys.readouterr().err
+    assert run_main(["force-open", "ws://x:1", "a", "--duration", "0"]) == EXIT_USAGE
+    assert "more than 0" in capsys.readouterr().err
+    assert run_main(["force-open", "ws://x:1", "a", "--duration", "5m", "--until-reset"]) == 2
+    assert "not allowed with" in capsys.readouterr().err
     assert run_main(["events", "ws://x:1", "--count", "0"]) == EXIT_USAGE
     assert run_main(["reset", "ws://x:1"]) == EXIT_USAGE  # no endpoint
 
@@ -321,3 +341,150 @@ async def test_console_entry_point_exit_status() -> None:
                 check=False,
             )
             assert done.returncode == EXIT_UNKNOWN_ENDPOINT
+
+
+# --- durations, until-reset, the state table, URLs -----------------------------------------------
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("typed", "seconds"), [("5m", 300.0), ("1h30m", 5400.0), ("2d", 172800.0)])
+async def test_duration_units_like_the_console(
+    capsys: pytest.CaptureFixture[str], typed: str, seconds: float
+) -> None:
+    with trio.fail_after(20):
+        async with control_server("a") as (sup, srv):
+            code, out, err = await cli(
+                capsys, "force-open", srv.url, "a", "--duration", typed, "--token", TOKEN
+            )
+            assert (code, err) == (EXIT_OK, "")
+            assert out == f"a: forced_open for {seconds:g}s\n"
+            stats = sup.breaker("a").statistics()
+            assert stats.state is S.FORCED_OPEN
+            assert stats.open_until is not None
+            assert seconds - 5 < stats.open_until - trio.current_time() <= seconds
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("command", ["force-open", "disable"])
+async def test_until_reset_must_be_asked_for(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    with trio.fail_after(20):
+        async with control_server("a") as (sup, srv):
+            # Not a terminal (a script, CI): refused with a usage error, nothing sent.
+            code, out, err = await cli(capsys, command, srv.url, "a", "--token", TOKEN)
+            assert (code, out) == (EXIT_USAGE, "")
+            assert "lasts until `rakka-trio reset`" in err and "--until-reset" in err
+            assert sup.breaker("a").state is S.CLOSED
+            code, out, _ = await cli(
+                capsys, command, srv.url, "a", "--until-reset", "--token", TOKEN
+            )
+            assert code == EXIT_OK and out.endswith("until reset\n")
+            assert sup.breaker("a").state in (S.FORCED_OPEN, S.DISABLED)
+
+
+class _Terminal(io.StringIO):
+    """Standard input typed at a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("answer", "expected"), [("y\n", EXIT_OK), ("\n", 1), ("no\n", 1)])
+async def test_until_reset_asks_in_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    answer: str,
+    expected: int,
+) -> None:
+    monkeypatch.setattr(sys, "stdin", _Terminal(answer))
+    monkeypatch.setattr(_control_cli, "_interactive", lambda: True)
+    with trio.fail_after(20):
+        async with control_server("a") as (sup, srv):
+            code, out, err = await cli(capsys, "force-open", srv.url, "a", "--token", TOKEN)
+            assert "lasts until `rakka-trio reset`. Continue? [y/N]" in err
+            assert code == expected
+            if expected == EXIT_OK:
+                assert out == "a: forced_open until reset\n"
+                assert sup.breaker("a").state is S.FORCED_OPEN
+            else:
+                assert out == "" and "not confirmed" in err
+                assert sup.breaker("a").state is S.CLOSED
+
+
+def test_state_table_shows_in_flight_latency_and_limiter() -> None:
+    def ep(name: str, **fields: Any) -> proto.EndpointState:
+        values: dict[str, Any] = dict(
+            name=name, provider="openai", base_url="http://x", state="closed",
+            consecutive_failures=0, failures=0, successes=0, rejected=0, trips=0,
+            failure_rate=None, calls_in_window=0, failures_in_window=0, open_for=None,
+            open_until_in=None, open_until_wall=None, until_reset=False, forced_reason=None,
+            forced_by=None, probes_in_flight=0,
+        )  # fmt: skip
+        values.update(fields)
+        return proto.EndpointState(**values)
+
+    snapshot = proto.Snapshot(
+        node_id="n",
+        wall=0.0,
+        endpoints=[
+            ep("busy", in_flight=6, queue_depth=2, latency_p50=0.12, latency_p95=0.84,
+               latency_p99=1.5, limiter_utilization=0.42, failures=3, consecutive_failures=2,
+               failure_rate=0.1, calls_in_window=30),
+            ep("quiet"),
+        ],
+    )  # fmt: skip
+    text = format_snapshot(snapshot)
+    busy, quiet = table_row(text, "busy"), table_row(text, "quiet")
+    assert busy["IN-FLIGHT"] == "6 +2 queued" and busy["LIMITER"] == "42%"
+    assert busy["P50/P95/P99"] == "120ms/840ms/1.50s"
+    assert busy["FAILS"] == "3 (2 in a row)" and busy["RATE"] == "10% of 30"
+    assert [quiet[t] for t in ("FAILS", "RATE", "IN-FLIGHT", "P50/P95/P99", "LIMITER")] == [
+        "0", "-", "-", "-", "-"
+    ]  # fmt: skip
+
+
+async def _fail() -> None:
+    raise rk.ServerError("upstream 503", status=503)
+
+
+@pytest.mark.trio
+async def test_state_of_an_open_breaker_shows_the_failures_that_tripped_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with trio.fail_after(20):
+        async with control_server("a", "b") as (sup, srv):
+            breaker = sup.breaker("a")
+            for _ in range(5):  # the default failure threshold
+                with pytest.raises(rk.ServerError):
+                    await breaker.call(_fail)
+            assert breaker.state is S.OPEN
+            code, out, _ = await cli(capsys, "state", srv.url, "--token", TOKEN)
+            assert code == EXIT_OK
+            row = table_row(out, "a")
+            assert row["STATE"] == "open"
+            assert row["FAILS"] == "5"  # not 0: the trip restarted the consecutive count only
+            assert row["TRIPS"] == "1" and row["UNTIL"].endswith("left")
+
+
+def table_row(out: str, name: str) -> dict[str, str]:
+    """``name``'s row of the ``state`` table, cut at the header's column positions."""
+    lines = out.splitlines()
+    header = lines[1]
+    starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
+    titles = header.split()
+    line = next(line for line in lines[2:] if line.split()[0] == name)
+    bounds = [*starts[1:], None]
+    return {t: line[a:b].strip() for t, a, b in zip(titles, starts, bounds, strict=True)}
+
+
+@pytest.mark.parametrize("command", [["state"], ["events"], ["force-open", "--until-reset", "a"]])
+def test_a_url_that_is_not_a_websocket_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    name, *rest = command
+    code = _cli.main([name, "http://127.0.0.1:8765", *rest, "--token", TOKEN])
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "must be ws://host:port or wss://host:port" in err and TOKEN not in err

@@ -318,7 +318,12 @@ def test_refused_token_stops_retrying() -> None:
         await wait_until(pilot, lambda: app.model.link.status is LinkStatus.FAILED, "failure")
         await pilot.pause(0.2)  # several backoff periods: no further attempt
         assert server.attempts == 1
-        assert "✖ not connected: ws://fake: token not accepted" in status_text(app)
+        status = status_text(app)
+        assert "✖ not connected (not retrying): ws://fake: token not accepted" in status
+        # Nothing on screen may claim the console is still waiting for the server.
+        screen = "\n".join(screenshot_lines(app.export_screenshot(), 120))
+        assert "waiting for the server" not in screen
+        assert "stopped trying to connect" in screen
 
     run_app(app, scenario)
 
@@ -341,18 +346,162 @@ def test_token_never_reaches_the_screen() -> None:
     run_app(app, scenario, size=(200, 32))
 
 
-def test_quit_stops_the_link() -> None:
+@pytest.mark.parametrize("key", ["q", "ctrl+q", "ctrl+c"])
+def test_quit_stops_the_link(key: str) -> None:
     server = FakeServer()
     app = make_app(server)
 
     async def scenario(pilot: Pilot[int]) -> None:
         await connected(pilot, app)
-        await pilot.press("q")
+        await pilot.press(key)
         await wait_until(pilot, lambda: not app.is_running, "exit")
 
     run_app(app, scenario)
     assert app.return_code == 0
     assert server.client is None  # the connection was closed on the way out
+
+
+@pytest.mark.parametrize("where", ["filter", "dialog"])
+def test_ctrl_c_quits_from_the_filter_box_and_dialogs(where: str) -> None:
+    # Ctrl-C is "copy" in a text input and does nothing in a modal: it must still quit.
+    server = FakeServer()
+    app = make_app(server)
+
+    async def scenario(pilot: Pilot[int]) -> None:
+        await connected(pilot, app)
+        await pilot.press("slash" if where == "filter" else "f")
+        await pilot.press(*"ab")
+        await pilot.press("ctrl+c")
+        await wait_until(pilot, lambda: not app.is_running, "exit")
+
+    run_app(app, scenario)
+    assert app.return_code == 0 and server.commands() == []
+
+
+def test_exit_when_closes_the_console_with_its_message() -> None:
+    server = FakeServer()
+    ended: list[str] = []
+    app = make_app(server, exit_when=lambda: ended[0] if ended else None)
+
+    async def scenario(pilot: Pilot[int]) -> None:
+        await connected(pilot, app)
+        await pilot.pause(0.6)  # a tick went by: still running
+        assert app.is_running
+        ended.append("the demo ended")
+        await wait_until(pilot, lambda: not app.is_running, "exit")
+
+    run_app(app, scenario)
+    assert app.return_code == 0
+    assert server.client is None
+
+
+@pytest.mark.parametrize(("typed", "seconds"), [("90", 90.0), ("2h", 7200.0), ("1d", 86400.0)])
+def test_dialog_takes_the_command_line_duration_units(typed: str, seconds: float) -> None:
+    server = FakeServer()
+    app = make_app(server)
+
+    async def scenario(pilot: Pilot[int]) -> None:
+        await connected(pilot, app)
+        await pilot.press("f", *typed, "enter", "enter")
+        await wait_until(pilot, lambda: len(server.commands()) == 1, "the command")
+        (command,) = server.commands()
+        assert isinstance(command, proto.ForceOpen) and command.duration == seconds
+
+    run_app(app, scenario)
+
+
+def _serving_scene() -> FakeServer:
+    return FakeServer(
+        endpoints=(
+            endpoint("primary", state="open", open_until_in=30.0),
+            endpoint("backup", provider="anthropic"),
+            endpoint("spare", state="forced_open", until_reset=True),
+        )
+    )
+
+
+@pytest.mark.parametrize("answers", [("y", "y"), ("y", "n"), ("n",), ("escape",)])
+def test_forcing_open_the_last_serving_endpoint_warns_and_asks_twice(
+    answers: tuple[str, ...],
+) -> None:
+    server = _serving_scene()
+    app = make_app(server)
+
+    async def scenario(pilot: Pilot[int]) -> None:
+        await connected(pilot, app)
+        await select(pilot, app, "backup")
+        await pilot.press("f", *"5m", "enter", *"drill", "enter")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "last endpoint serving" in app.screen.title_text
+        # A stray Enter answers "no": the focus starts on the safe button.
+        for answer in answers:
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press(answer)
+        await pilot.pause(0.05)
+        assert not isinstance(app.screen, ConfirmScreen)
+        if answers == ("y", "y"):
+            await wait_until(pilot, lambda: len(server.commands()) == 1, "the command")
+            assert server.commands() == [
+                proto.ForceOpen(id=1, endpoint="backup", duration=300.0, reason="drill")
+            ]
+        else:
+            await pilot.pause(0.05)
+            assert server.commands() == []
+
+    run_app(app, scenario)
+
+
+def test_enter_on_the_warning_does_not_force_open() -> None:
+    server = _serving_scene()
+    app = make_app(server)
+
+    async def scenario(pilot: Pilot[int]) -> None:
+        await connected(pilot, app)
+        await select(pilot, app, "backup")
+        await pilot.press("f", "enter", "enter")  # until reset, no reason
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("enter")
+        await pilot.pause(0.05)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert server.commands() == []
+
+    run_app(app, scenario)
+
+
+def test_no_warning_while_another_endpoint_serves() -> None:
+    # Forcing open "primary" (already open) or any endpoint while "backup" serves: one dialog.
+    server = FakeServer(endpoints=(endpoint("primary"), endpoint("backup", state="half_open")))
+    app = make_app(server)
+
+    async def scenario(pilot: Pilot[int]) -> None:
+        await connected(pilot, app)
+        await select(pilot, app, "primary")
+        await pilot.press("f", "enter", "enter")
+        await wait_until(pilot, lambda: len(server.commands()) == 1, "the command")
+        assert not isinstance(app.screen, ConfirmScreen)
+
+    run_app(app, scenario)
+
+
+def test_help_fits_80_by_24_without_breaking_a_phrase() -> None:
+    server = FakeServer()
+    app = make_app(server)
+
+    async def scenario(pilot: Pilot[int]) -> None:
+        await connected(pilot, app)
+        await pilot.press("question_mark")
+        await pilot.pause(0.1)
+        screen = "\n".join(screenshot_lines(app.export_screenshot(), 80))
+        for phrase in (
+            "force the selected breaker open (asks duration, reason)",
+            "filter the table by name, provider or state (Esc clears)",
+            "quit (also Ctrl-C, Ctrl-Q)",
+            "Durations: 300, 90s, 5m, 1.5h, 1d or 1h30m; blank means until reset.",
+        ):
+            assert phrase in screen, phrase
+        assert "Close" in screen  # the button is on screen; the text scrolls above it
+
+    run_app(app, scenario, size=(80, 24))
 
 
 @pytest.mark.parametrize("key", ["escape", "q", "question_mark"])

@@ -15,9 +15,6 @@ from hypothesis import strategies as st
 from rakka_trio._control import _protocol as proto
 from rakka_trio_tui import Backoff
 from rakka_trio_tui._model import (
-    COLUMNS,
-    MISSING,
-    Cell,
     CommandDone,
     CommandRequest,
     CommandSent,
@@ -29,14 +26,26 @@ from rakka_trio_tui._model import (
     LogLine,
     Model,
     SnapshotReceived,
+    reduce,
+)
+from rakka_trio_tui._text import (
+    MISSING,
     display_url,
     format_clock,
     format_duration,
+    parse_duration,
+    safe_text,
+)
+from rakka_trio_tui._view import (
+    COLUMN_PRIORITY,
+    COLUMNS,
+    Cell,
+    ColumnLayout,
+    Row,
+    empty_text,
+    fit_columns,
     log_cells,
     matches_filter,
-    parse_duration,
-    reduce,
-    safe_text,
     status_cells,
     table_rows,
 )
@@ -150,8 +159,24 @@ def test_disconnect_with_retry_is_reconnecting_and_counts_down() -> None:
 def test_disconnect_without_retry_is_final() -> None:
     model, lines = fold(Disconnected(reason="token not accepted", retry_in=None, attempt=0))
     assert model.link.status is LinkStatus.FAILED
-    assert "✖ not connected: token not accepted" in header(model)
+    assert "✖ not connected (not retrying): token not accepted" in header(model)
     assert lines[-1].text == "not connected: token not accepted (not retrying)"
+
+
+def test_a_refused_token_is_not_called_waiting() -> None:
+    # The console gave up: the space under the empty table must not say it is waiting.
+    model, _ = fold(Disconnected(reason="token not accepted", retry_in=None, attempt=0))
+    text = empty_text(model)
+    assert "waiting" not in text and "stopped trying" in text
+    model, _ = fold(Connecting(attempt=0))
+    assert empty_text(model) == "waiting for the server…"
+    model, _ = fold(Disconnected(reason="refused", retry_in=1.0, attempt=1))
+    assert "reconnecting" in empty_text(model)
+    model, _ = fold(Connected(welcome=welcome("operator")))
+    assert empty_text(model) == "the server has no endpoints"
+    model, _ = fold(Connected(welcome=welcome("operator", endpoint("a"))))
+    assert empty_text(model) == ""
+    assert empty_text(model, "zzz") == "no endpoint matches the filter 'zzz'"
 
 
 def test_header_says_stale_when_frames_stop() -> None:
@@ -512,3 +537,109 @@ def test_backoff_grows_caps_and_jitters() -> None:
         assert len(delays) > 1  # jittered: restarted servers are not stampeded
     with pytest.raises(ValueError):
         Backoff(initial=0)
+
+
+# --- fitting the terminal -----------------------------------------------------------------------
+
+
+def _wide_scene() -> Model:
+    backup = endpoint(
+        "anthropic-backup",
+        state="open",
+        consecutive_failures=5,
+        failures=9,
+        failure_rate=0.55,
+        calls_in_window=20,
+        open_until_in=25.0,
+        limiter_utilization=0.97,
+        in_flight=0,
+        latency_p95=2.31,
+        rejected=37,
+    )
+    dev = endpoint(
+        "ollama-dev",
+        state="disabled",
+        until_reset=True,
+        forced_reason="probe flaps",
+        forced_by="cli:alice@127.0.0.1:50400",
+    )
+    model, _ = fold(Connected(welcome=welcome("operator", backup, dev)))
+    return model
+
+
+def _width(layout: ColumnLayout, rows: list[Row]) -> int:
+    return sum(
+        max(len(COLUMNS[i]), *(len(layout.cell(i, r.cells[i]).text) for r in rows)) + 2
+        for i in layout.columns
+    )
+
+
+def test_80_columns_keep_state_failures_latency_and_in_flight() -> None:
+    rows = table_rows(_wide_scene(), 100.0)
+    layout = fit_columns(rows, 80)
+    assert {"ENDPOINT", "STATE", "FAILS", "P95", "IN-FLIGHT"} <= set(layout.titles)
+    assert "PROVIDER" not in layout.titles
+    assert list(layout.titles) == [t for t in COLUMNS if t in layout.titles]  # display order
+    assert _width(layout, rows) <= 80
+
+
+def test_a_wide_terminal_shows_every_column_and_the_whole_note() -> None:
+    rows = table_rows(_wide_scene(), 100.0)
+    layout = fit_columns(rows, 200)
+    assert layout.titles == COLUMNS
+    note = COLUMNS.index("NOTE")
+    texts = [layout.cell(note, r.cells[note]).text for r in rows]
+    assert "probe flaps by cli:alice@127.0.0.1:50400" in texts
+
+
+def test_columns_collapse_in_priority_order() -> None:
+    rows = table_rows(_wide_scene(), 100.0)
+
+    def need(title: str) -> int:
+        i = COLUMNS.index(title)
+        return max(len(title), *(len(r.cells[i].text) for r in rows)) + 2
+
+    for width in range(10, 200):
+        shown = fit_columns(rows, width).titles
+        assert "ENDPOINT" in shown  # never an empty table
+        hidden = [t for t in COLUMN_PRIORITY if t not in shown]
+        if not hidden:
+            continue
+        # Past the first column that did not fit, only narrower ones squeezed in.
+        first = COLUMN_PRIORITY.index(hidden[0])
+        for title in COLUMN_PRIORITY[first + 1 :]:
+            if title in shown:
+                assert need(title) < need(hidden[0]), (width, title, hidden[0])
+    assert fit_columns(rows, 10).titles == ("ENDPOINT",)
+
+
+def test_a_long_note_is_shortened_to_the_width_left() -> None:
+    forced = endpoint("a", state="forced_open", forced_reason="x" * 500)
+    model, _ = fold(Connected(welcome=welcome("operator", forced)))
+    rows = table_rows(model, 100.0)
+    layout = fit_columns(rows, 160)
+    assert "NOTE" in layout.titles
+    assert _width(layout, rows) <= 160
+    note = COLUMNS.index("NOTE")
+    assert layout.cell(note, rows[0].cells[note]).text.endswith("\N{HORIZONTAL ELLIPSIS}")
+
+
+def test_the_last_serving_endpoint_is_recognised() -> None:
+    model, _ = fold(
+        Connected(
+            welcome=welcome(
+                "operator",
+                endpoint("a", state="open"),
+                endpoint("b"),
+                endpoint("c", state="forced_open"),
+            )
+        )
+    )
+    assert model.is_last_serving("b")
+    assert not model.is_last_serving("a")  # it does not serve now anyway
+    assert not model.is_last_serving("zzz")
+    for serving in ("closed", "half_open", "disabled"):
+        model, _ = fold(stats(endpoint("a", state=serving), endpoint("b")), model=model)
+        assert not model.is_last_serving("b"), serving
+    model, _ = fold(Connected(welcome=welcome("operator", endpoint("only"))))
+    assert model.is_last_serving("only")

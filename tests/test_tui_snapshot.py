@@ -21,7 +21,7 @@ from textual.pilot import Pilot
 
 from rakka_trio._control import _protocol as proto
 from rakka_trio_tui import Backoff, RakkaTui
-from rakka_trio_tui._model import MISSING as NA
+from rakka_trio_tui._text import MISSING as NA
 
 from .tui_helpers import (
     FakeClock,
@@ -223,3 +223,67 @@ def test_main_screen_snap_compare(request: pytest.FixtureRequest) -> None:
         await settle(pilot, app, server)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+# --- the sizes operators actually have --------------------------------------------------------
+
+SIZES = [(80, 24), (140, 40)]
+
+
+def _golden(size: tuple[int, int]) -> Path:
+    return GOLDEN.with_name(f"main_screen_{size[0]}x{size[1]}.txt")
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_main_screen_fits_common_terminals(size: tuple[int, int]) -> None:
+    """At 80x24 the columns that matter in an incident stay on screen (the rest collapse by
+    priority); at 140x40 the NOTE column is whole."""
+    app, server = scene()
+    lines: list[str] = []
+    shown: list[str] = []
+
+    async def scenario(pilot: Pilot[int]) -> None:
+        await settle(pilot, app, server)
+        lines.extend(screenshot_lines(app.export_screenshot(), size[0]))
+        shown.extend(app.shown_columns)
+
+    run_app(app, scenario, size=size)
+    assert len(lines) == size[1]
+    assert lines[1].split() == " ".join(shown).split()  # what is drawn is what was chosen
+    assert "● connected  as operator  5 endpoints" in lines[0]
+    header = lines[1].split()
+    for title in ("ENDPOINT", "STATE", "FAILS", "IN-FLIGHT", "P95"):
+        assert title in header, title
+
+    def row(name: str) -> str:
+        return next(line for line in lines if line.split()[:1] == [name])
+
+    assert "2.31s" in row("anthropic-backup") and "840ms" in row("openai-primary")
+    assert "6" in row("openai-primary").split()  # in flight
+    assert all(len(line) <= size[0] for line in lines)
+    if size[0] >= 140:
+        assert header[-3:] == ["TRIPS", "REJECTED", "NOTE"]
+        assert row("vllm-local").endswith("incident-42 by tui@127.0.0.1:50312")
+        assert row("ollama-dev").endswith("probe flaps by cli:alice@127.0.0.1:50400")
+    text = "\n".join(lines) + "\n"
+    golden = _golden(size)
+    if os.environ.get("RAKKA_UPDATE_SNAPSHOTS"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8"), (
+        "the screen changed; if intended, regenerate with RAKKA_UPDATE_SNAPSHOTS=1\n" + text
+    )
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_main_screen_snap_compare_common_sizes(
+    request: pytest.FixtureRequest, size: tuple[int, int]
+) -> None:
+    """pytest-textual-snapshot's SVG comparison at 80x24 and 140x40."""
+    pytest.importorskip("pytest_textual_snapshot")
+    snap_compare = request.getfixturevalue("snap_compare")
+    app, server = scene()
+
+    async def run_before(pilot: Pilot[int]) -> None:
+        await settle(pilot, app, server)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)

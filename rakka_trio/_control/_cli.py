@@ -29,6 +29,7 @@ from ._client import (
     ControlUnknownEndpoint,
     open_control_client,
 )
+from ._input import DURATION_HELP, check_control_url, parse_duration
 
 __all__ = [
     "EXIT_AUTH",
@@ -60,8 +61,9 @@ the variable or a file: other users can read command-line arguments in `ps`).
 
 exit status:
   0    success
-  1    the server refused the command for another reason (invalid, rate limited, ...)
-  2    usage error
+  1    the server refused the command for another reason (invalid, rate limited, ...),
+       or you did not confirm a command that lasts until reset
+  2    usage error (including a URL that is not ws:// or wss://)
   3    could not connect (refused, unreachable, TLS), or the connection was lost
   4    authentication failed: no token, a wrong token, or a read-only (viewer) connection
   5    unknown endpoint
@@ -73,13 +75,11 @@ _CONTROL_COMMANDS: Final = ("state", "events", "force-open", "reset", "disable")
 
 def _duration(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= proto.MAX_DURATION:
-        raise argparse.ArgumentTypeError(
-            f"must be > 0 and <= {proto.MAX_DURATION:.0f} seconds (omit it for 'until reset')"
-        )
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value is None:
+        raise argparse.ArgumentTypeError("empty (for 'until reset' pass --until-reset instead)")
     return value
 
 
@@ -170,13 +170,21 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             name,
             parents=[common],
             help=verb,
-            description=verb[0].upper() + verb[1:] + ", for --duration seconds or until reset.",
+            description=verb[0].upper() + verb[1:] + ", for --duration or until reset. "
+            "Until reset is easy to forget, so it must be asked for: --until-reset, or a "
+            "yes at the prompt when run in a terminal.",
             epilog=_EPILOG,
             formatter_class=fmt,
         )
         cmd.add_argument("endpoint", metavar="ENDPOINT")
-        cmd.add_argument(
-            "--duration", type=_duration, help="seconds (default: until `rakka-trio reset`)"
+        lasting = cmd.add_mutually_exclusive_group()
+        lasting.add_argument(
+            "--duration", type=_duration, help=f"how long: {DURATION_HELP} (seconds if no unit)"
+        )
+        lasting.add_argument(
+            "--until-reset",
+            action="store_true",
+            help="no end: it lasts until `rakka-trio reset` (asked for when neither is given)",
         )
         cmd.add_argument("--reason", help="why (recorded in the audit trail)")
 
@@ -198,12 +206,25 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command not in _CONTROL_COMMANDS:
         _error(f"unknown command {args.command!r}")
         return EXIT_USAGE
+    problem = check_control_url(args.url)
+    if problem is not None:
+        _error(problem)
+        return EXIT_USAGE
     try:
         token = _read_token(args)
         ssl_context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
     except (OSError, ssl.SSLError, _UsageError) as exc:
         _error(str(exc))
         return EXIT_USAGE
+    if args.command in ("force-open", "disable") and not _lasting_confirmed(args):
+        if not _interactive():
+            _error(
+                f"{args.command} without --duration lasts until `rakka-trio reset`; pass "
+                "--duration (e.g. 5m) or --until-reset to say so"
+            )
+            return EXIT_USAGE
+        _error(f"not confirmed: nothing sent to {args.endpoint!r}")
+        return EXIT_ERROR
     try:
         return trio.run(_run, args, token, ssl_context)
     except KeyboardInterrupt:
@@ -218,6 +239,31 @@ def dispatch(args: argparse.Namespace) -> int:
 
 class _UsageError(Exception):
     pass
+
+
+def _interactive() -> bool:
+    try:
+        return sys.stdin.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+def _lasting_confirmed(args: argparse.Namespace) -> bool:
+    """True when the command has an end, or the operator asked for none (``--until-reset``,
+    or a yes at the prompt in a terminal)."""
+    if args.duration is not None or args.until_reset:
+        return True
+    if not _interactive():
+        return False
+    print(
+        f"{args.command} {_safe(args.endpoint)} without --duration lasts until "
+        "`rakka-trio reset`. Continue? [y/N] ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    answer = sys.stdin.readline().strip().lower()
+    return answer in ("y", "yes")
 
 
 def _read_token(args: argparse.Namespace) -> str | None:
@@ -426,27 +472,82 @@ def format_frame(frame: proto.ServerFrame | proto.UnknownFrame) -> str:
     return _safe(f"{_clock(None)}  {proto.encode(frame)}")
 
 
+_STATE_COLUMNS: Final = (
+    "ENDPOINT",
+    "PROVIDER",
+    "STATE",
+    "FAILS",
+    "RATE",
+    "IN-FLIGHT",
+    "P50/P95/P99",
+    "LIMITER",
+    "TRIPS",
+    "REJECTED",
+    "UNTIL",
+    "NOTE",
+)
+
+
+def _fails(ep: proto.EndpointState) -> str:
+    # Every breaker state starts its counts afresh, so right after a trip the consecutive count
+    # is 0: show the total (which includes the failures that tripped it) and the current run.
+    text = str(ep.failures)
+    if ep.consecutive_failures and ep.consecutive_failures != ep.failures:
+        text += f" ({ep.consecutive_failures} in a row)"
+    return text
+
+
+def _rate(ep: proto.EndpointState) -> str:
+    if ep.failure_rate is None:
+        return "-"
+    return f"{ep.failure_rate:.0%} of {ep.calls_in_window}"
+
+
+def _in_flight(ep: proto.EndpointState) -> str:
+    if ep.in_flight is None:
+        return "-"
+    return f"{ep.in_flight}" + (f" +{ep.queue_depth} queued" if ep.queue_depth else "")
+
+
+def _latency(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
+
+
+def _latencies(ep: proto.EndpointState) -> str:
+    figures = (ep.latency_p50, ep.latency_p95, ep.latency_p99)
+    if all(f is None for f in figures):
+        return "-"
+    return "/".join(_latency(f) for f in figures)
+
+
 def format_snapshot(snapshot: proto.Snapshot) -> str:
-    """A table of every endpoint in ``snapshot``."""
-    header = ("ENDPOINT", "PROVIDER", "STATE", "FAILS", "RATE", "TRIPS", "UNTIL", "NOTE")
-    rows: list[tuple[str, ...]] = [header]
+    """A table of every endpoint in ``snapshot``: breaker state and counts, calls in flight,
+    latency percentiles and limiter use (``-`` for a figure the server did not report)."""
+    rows: list[tuple[str, ...]] = [_STATE_COLUMNS]
     for ep in snapshot.endpoints:
         note = ""
         if ep.forced_by or ep.forced_reason:
             note = f"{ep.forced_reason or ''}" + (f" (by {ep.forced_by})" if ep.forced_by else "")
+        limiter = ep.limiter_utilization
         rows.append(
             (
                 ep.name,
                 ep.provider,
                 ep.state,
-                str(ep.consecutive_failures),
-                "-" if ep.failure_rate is None else f"{ep.failure_rate:.0%}",
+                _fails(ep),
+                _rate(ep),
+                _in_flight(ep),
+                _latencies(ep),
+                "-" if limiter is None else f"{limiter:.0%}",
                 str(ep.trips),
+                str(ep.rejected),
                 _until(ep.open_until_in, ep.until_reset) or "-",
                 note.strip() or "-",
             )
         )
-    widths = [max(len(_safe(row[i])) for row in rows) for i in range(len(header))]
+    widths = [max(len(_safe(row[i])) for row in rows) for i in range(len(_STATE_COLUMNS))]
     lines = [
         "  ".join(_safe(cell).ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
         for row in rows

@@ -5,9 +5,11 @@ a bare ``tui`` module). Importing this package is cheap: Textual is only importe
 :class:`RakkaTui` (or another name that needs it) is first used, so ``rakka-trio demo`` and the
 other commands never pay for it.
 
-Pieces: :mod:`._model` is the pure reducer (frames → rows and log lines), :mod:`._link` the
-Trio connection with reconnect, :mod:`._guest` runs Trio in guest mode on Textual's asyncio
-loop, :mod:`._app` and :mod:`._screens` are the Textual side, :mod:`._command` the CLI glue.
+Pieces: :mod:`._model` is the pure reducer (frames → model and log lines), :mod:`._view`
+turns the model into rows, header and the columns that fit the terminal, :mod:`._text` holds
+the text helpers, :mod:`._link` the Trio connection with reconnect, :mod:`._guest` runs Trio
+in guest mode on Textual's asyncio loop, :mod:`._app` and :mod:`._screens` are the Textual
+side, :mod:`._command` the CLI glue.
 """
 
 from __future__ import annotations

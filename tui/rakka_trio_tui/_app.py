@@ -34,24 +34,21 @@ from rakka_trio._redact import redact
 
 from ._guest import TrioGuest
 from ._link import Backoff, Connector, ControlLink
-from ._model import (
+from ._model import CommandDone, CommandRequest, CommandSent, LinkStatus, Model, reduce
+from ._model import Input as ModelInput
+from ._screens import CommandScreen, ConfirmScreen, HelpScreen
+from ._text import display_url, safe_text
+from ._view import (
     COLUMNS,
     Cell,
-    CommandDone,
-    CommandRequest,
-    CommandSent,
-    LinkStatus,
-    Model,
+    ColumnLayout,
     Row,
-    display_url,
+    empty_text,
+    fit_columns,
     log_cells,
-    reduce,
-    safe_text,
     status_cells,
     table_rows,
 )
-from ._model import Input as ModelInput
-from ._screens import CommandScreen, ConfirmScreen, HelpScreen
 
 if TYPE_CHECKING:
     import asyncio
@@ -67,6 +64,8 @@ _TICK = 0.5  # seconds between redraws of countdowns and the header
 _LOG_LINES = 5000
 _COMMAND_KEYS = frozenset({"f", "r", "d"})
 _COMMAND_ACTIONS = frozenset({"force_open", "reset", "disable"})
+_TABLE_HEIGHT_SHARE = 0.6  # the table's max-height in the CSS below
+_SCROLLBAR_WIDTH = 2
 
 
 def _text(cells: Sequence[Cell]) -> Text:
@@ -118,7 +117,10 @@ class RakkaTui(App[int]):
     ``url`` is shown in the header (without credentials). ``connect`` opens a connection
     (default: :func:`rakka_trio.open_control_client` with ``token``); tests inject a fake.
     ``clock`` (monotonic) and ``wall_clock`` (Unix time) drive countdowns and local log
-    times; ``backoff`` and ``rng`` shape reconnection.
+    times; ``backoff`` and ``rng`` shape reconnection. ``exit_when`` is polled twice a second
+    (from this thread; it must be quick and thread-safe): when it returns a message the console
+    closes and prints it; ``rakka-trio demo --tui`` uses it to close when the demo ends rather
+    than reconnect to a server that is gone.
 
     The token is only ever handed to the connector: it is never drawn, logged or put in an
     error message (error texts are passed through the secret redactor first).
@@ -133,6 +135,8 @@ class RakkaTui(App[int]):
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
+        # Textual's default Ctrl-C only tells you to press Ctrl-Q; operators expect it to quit.
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
     CSS = """
     #status {
@@ -178,6 +182,7 @@ class RakkaTui(App[int]):
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        exit_when: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__()
         secret = Secret(token) if isinstance(token, str) else token  # registers it for redact
@@ -185,11 +190,13 @@ class RakkaTui(App[int]):
         self._shown_url = display_url(url)
         self._clock = clock
         self._wall_clock = wall_clock
+        self._exit_when = exit_when
         self._model = Model()
         self._filter = ""
         self._row_keys: list[str] = []
         self._rendered: dict[str, tuple[Cell, ...]] = {}
         self._widths = [0] * len(COLUMNS)
+        self._layout = ColumnLayout(columns=(), note_width=0)
         self._could_command = False
         self._stopping = False
         self._outcome_taken = False
@@ -238,13 +245,10 @@ class RakkaTui(App[int]):
 
     def on_mount(self) -> None:
         """Set up the table, start the redraw timer and the Trio link."""
-        table = self.query_one("#endpoints", DataTable)
-        for name in COLUMNS:
-            table.add_column(name, key=name)
-        table.focus()
+        self.query_one("#endpoints", DataTable).focus()
         self._mounted = True
         self._redraw()
-        self.set_interval(_TICK, self._redraw)
+        self.set_interval(_TICK, self._tick)
         self._guest.start(self._link.run)
         self._guest.finished.add_done_callback(self._guest_finished)
 
@@ -344,6 +348,14 @@ class RakkaTui(App[int]):
         # removes the widgets, then still delivers queued messages and timer ticks).
         return self._mounted and self.is_running
 
+    def _tick(self) -> None:
+        if self._exit_when is not None and self._drawable:
+            message = self._exit_when()
+            if message is not None:
+                self.exit(return_code=0, message=Text(message))
+                return
+        self._redraw()
+
     def _redraw(self) -> None:
         self._redraw_pending = False
         if not self._drawable:
@@ -357,17 +369,27 @@ class RakkaTui(App[int]):
             self._could_command = can_command
             self.refresh_bindings()
 
+    def _table_width(self, rows: int) -> int:
+        # The table spans the screen; a vertical scrollbar appears when the rows outgrow the
+        # table's share of the height, and then takes its width from the columns.
+        width = self.size.width
+        if rows + 1 > self.size.height * _TABLE_HEIGHT_SHARE:
+            width -= _SCROLLBAR_WIDTH
+        return width
+
     def _redraw_table(self, now: float) -> None:
         table = self.query_one("#endpoints", DataTable)
         rows = table_rows(self._model, now, self._filter)
         keys = [row.key for row in rows]
+        layout = fit_columns(rows, self._table_width(len(rows)))
         table.set_class(self._model.link.status is not LinkStatus.CONNECTED, "stale")
         changed: list[tuple[str, int, Cell]] = []
-        rebuild = keys != self._row_keys
+        rebuild = keys != self._row_keys or layout != self._layout
         if not rebuild:
             for row in rows:
                 before = self._rendered.get(row.key)
-                for index, cell in enumerate(row.cells):
+                for index in layout.columns:
+                    cell = layout.cell(index, row.cells[index])
                     if before is None or before[index] != cell:
                         changed.append((row.key, index, cell))
                         # Wider than its column: let a rebuild size the columns once.
@@ -375,16 +397,24 @@ class RakkaTui(App[int]):
                         # cell, which is quadratic in the number of rows.)
                         rebuild = rebuild or cell_len(cell.text) > self._widths[index]
         if rebuild:
-            # Rows came or went, the filter changed or a column must grow: rebuild, keeping
-            # the selection.
+            # Rows came or went, the filter or the width changed, or a column must grow:
+            # rebuild, keeping the selection.
             selected = self.selected_endpoint()
-            table.clear()
+            if layout.columns != self._layout.columns:
+                # Narrow terminals hide the columns that matter least (see fit_columns).
+                table.clear(columns=True)
+                for index in layout.columns:
+                    table.add_column(COLUMNS[index], key=COLUMNS[index])
+            else:
+                table.clear()
             for row in rows:
-                table.add_row(*(_text([cell]) for cell in row.cells), key=row.key)
+                cells = (_text([layout.cell(i, row.cells[i])]) for i in layout.columns)
+                table.add_row(*cells, key=row.key)
             self._widths = [
-                max([cell_len(title), *(cell_len(row.cells[i].text) for row in rows)])
+                max([cell_len(title), *(cell_len(layout.cell(i, r.cells[i]).text) for r in rows)])
                 for i, title in enumerate(COLUMNS)
             ]
+            self._layout = layout
             if selected in keys:
                 table.move_cursor(row=keys.index(selected))
         else:
@@ -392,17 +422,20 @@ class RakkaTui(App[int]):
             for key, index, cell in changed:
                 table.update_cell(key, COLUMNS[index], _text([cell]))
         self._row_keys = keys
-        self._rendered = {row.key: row.cells for row in rows}
-        self.query_one("#empty", Static).update(self._empty_text(rows))
+        self._rendered = {
+            row.key: tuple(layout.cell(i, c) for i, c in enumerate(row.cells)) for row in rows
+        }
+        self.query_one("#empty", Static).update(Text(empty_text(self._model, self._filter)))
 
-    def _empty_text(self, rows: list[Row]) -> Text:
-        if rows:
-            return Text("")
-        if self._filter and self._model.endpoints:
-            return Text(f"no endpoint matches the filter {safe_text(self._filter)!r}")
-        if self._model.link.status is LinkStatus.CONNECTED:
-            return Text("the server has no endpoints")
-        return Text("waiting for the server…")
+    @property
+    def shown_columns(self) -> tuple[str, ...]:
+        """Titles of the table columns on screen now (narrow terminals hide some)."""
+        return self._layout.titles
+
+    def on_resize(self, event: events.Resize) -> None:
+        """Fit the columns to the new width."""
+        if self._drawable:
+            self._redraw_table(self._clock())
 
     def selected_endpoint(self) -> str | None:
         """The endpoint under the table's cursor, if any."""
@@ -484,7 +517,44 @@ class RakkaTui(App[int]):
     def _ask(self, kind: str) -> None:
         endpoint = self._target()
         if endpoint is not None:
-            self.push_screen(CommandScreen(kind, endpoint), self._send)
+            self.push_screen(CommandScreen(kind, endpoint), self._check_last_serving)
+
+    def _check_last_serving(self, request: CommandRequest | None) -> None:
+        """Send ``request``, after two more confirmations when it would force open the last
+        endpoint that can still serve (nothing would be left to fail over to)."""
+        if request is None:
+            return
+        if request.kind != "force_open" or not self._model.is_last_serving(request.endpoint):
+            self._send(request)
+            return
+        name = safe_text(request.endpoint)
+
+        def second(yes: bool | None) -> None:
+            if yes:
+                self._send(request)
+
+        def first(yes: bool | None) -> None:
+            if yes:
+                self.push_screen(
+                    ConfirmScreen(
+                        f"Force open {name}: are you sure?",
+                        "Users get errors until it is reset"
+                        + (" or the duration ends." if request.duration else ".")
+                        + " Force it open anyway?",
+                        confirm_label="Force open",
+                    ),
+                    second,
+                )
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Warning: {name} is the last endpoint serving",
+                f"Every other endpoint is open or forced open. Forcing {name} open leaves "
+                "nothing to serve or fail over to: every request will fail. Continue?",
+                confirm_label="Continue",
+            ),
+            first,
+        )
 
     def _target(self) -> str | None:
         endpoint = self.selected_endpoint()

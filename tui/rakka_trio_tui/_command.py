@@ -10,7 +10,7 @@ import argparse
 import os
 import ssl
 import sys
-import urllib.parse
+from collections.abc import Callable
 from typing import Final
 
 __all__ = ["TOKEN_ENV", "add_tui_subcommand", "run_tui", "run_tui_command"]
@@ -26,7 +26,8 @@ def add_tui_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "tui",
         help="live terminal console: breakers, events, force-open and reset",
         description="Watch a control server live (endpoint table, event log) and act on "
-        "breakers: f force-open, r reset, d disable, / filter, ? help, q quit. Reconnects "
+        "breakers: f force-open, r reset, d disable, / filter, ? help, q (or Ctrl-C) quit. "
+        "Durations are typed like the CLI's --duration (300, 90s, 5m, 2h, 1d). Reconnects "
         "automatically when the connection drops.",
         epilog=f"The token comes from --token, --token-file or ${TOKEN_ENV} (prefer the "
         "variable or a file: other users can read command-line arguments in `ps`). Without a "
@@ -60,33 +61,27 @@ def _read_token(args: argparse.Namespace) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
-def _check_url(url: str) -> str | None:
-    """A problem with ``url`` (without quoting it: it may hold a credential), or ``None``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        return "URL: not a valid ws://host:port URL"
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        return "URL: must be ws://host:port or wss://host:port"
-    return None
-
-
 def run_tui(
     url: str,
     *,
     token: str | None = None,
     client_name: str = "tui",
     ssl_context: ssl.SSLContext | None = None,
+    exit_when: Callable[[], str | None] | None = None,
 ) -> int:
-    """Run the console against ``url`` until the operator quits; the exit status."""
-    problem = _check_url(url)
+    """Run the console against ``url`` until the operator quits (or ``exit_when``, polled
+    twice a second, returns a message to close with); the exit status."""
+    from rakka_trio._control._input import check_control_url
+
+    problem = check_control_url(url)
     if problem is not None:
         _error(problem)
         return EXIT_USAGE
     from ._app import RakkaTui
 
-    app = RakkaTui(url, token=token, client_name=client_name, ssl_context=ssl_context)
+    app = RakkaTui(
+        url, token=token, client_name=client_name, ssl_context=ssl_context, exit_when=exit_when
+    )
     app.run()
     return app.return_code or 0
 

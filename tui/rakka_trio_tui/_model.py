@@ -1,21 +1,14 @@
-"""The TUI's pure core: protocol frames and connection events in, table rows and log lines out.
+"""The console's pure core: protocol frames and connection events in, a model and log lines out.
 
 Nothing here touches Textual, Trio or a clock. :func:`reduce` folds one input into an
-immutable :class:`Model` and says which log lines it produced; :func:`table_rows`,
-:func:`status_cells` and :func:`log_cells` turn the model into plain text cells with style
-names. The caller passes ``now`` (a monotonic time) so countdowns are computed, not read, and
-every function is deterministic under test.
-
-Every string that came from the network goes through :func:`safe_text` before it is shown,
-so a hostile or broken server cannot put escape sequences on the operator's terminal.
+immutable :class:`Model` and says which log lines it produced; :mod:`._view` turns the model
+into table rows and header cells. The caller passes ``now`` (a monotonic time) so countdowns
+are computed, not read, and every function is deterministic under test.
 """
 
 from __future__ import annotations
 
 import enum
-import math
-import time
-import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Final, TypeAlias
 
@@ -23,9 +16,10 @@ import attrs
 
 from rakka_trio._control import _protocol as proto
 
+from ._text import STATE_STYLES, format_duration, format_percent, safe_text
+
 __all__ = [
-    "COLUMNS",
-    "Cell",
+    "SERVING_STATES",
     "CommandDone",
     "CommandRequest",
     "CommandSent",
@@ -38,51 +32,12 @@ __all__ = [
     "LinkStatus",
     "LogLine",
     "Model",
-    "Row",
     "SnapshotReceived",
-    "display_url",
-    "format_clock",
-    "format_duration",
-    "log_cells",
-    "matches_filter",
-    "parse_duration",
     "reduce",
-    "safe_text",
-    "status_cells",
-    "table_rows",
 ]
 
-MISSING: Final = "\N{EN DASH}"
-"""Shown (a dash) for a figure the server did not report (``null`` on the wire)."""
-
-COLUMNS: Final = (
-    "ENDPOINT",
-    "PROVIDER",
-    "STATE",
-    "FAILS",
-    "FAIL RATE",
-    "OPEN UNTIL",
-    "RPM/TPM",
-    "IN-FLIGHT",
-    "P95",
-    "TRIPS",
-    "REJECTED",
-    "NOTE",
-)
-"""Column titles of the endpoint table, in order (:attr:`Row.cells` follows it)."""
-
-STATE_STYLES: Final = {
-    "closed": "green",
-    "open": "bold red",
-    "half_open": "yellow",
-    "forced_open": "bold magenta",
-    "disabled": "dim",
-}
-"""Rich style per breaker state (the same palette as ``rakka-trio demo``)."""
-
-_TIMED_STATES: Final = frozenset({"open", "half_open", "forced_open", "disabled"})
-_STALE_AFTER_INTERVALS: Final = 3.0  # missed stats frames before the header says "stale"
-_STALE_MINIMUM: Final = 5.0  # seconds; a fast stats interval should not make the header flap
+SERVING_STATES: Final = frozenset({"closed", "half_open", "disabled"})
+"""Breaker states in which an endpoint still takes calls (open and forced-open fail fast)."""
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -231,6 +186,20 @@ class Model:
                 return view
         return None
 
+    def is_last_serving(self, name: str) -> bool:
+        """True when ``name`` still takes calls and no other known endpoint does: forcing it
+        open would leave nothing to serve (or fail over to).
+
+        The snapshot does not say which endpoints form a deployment, so this looks at every
+        endpoint of the server; with one deployment (the common case) that is the same.
+        """
+        target = self.endpoint(name)
+        if target is None or target.state.state not in SERVING_STATES:
+            return False
+        return not any(
+            view.state.state in SERVING_STATES for view in self.endpoints if view.state.name != name
+        )
+
 
 @attrs.frozen(kw_only=True)
 class LogLine:
@@ -241,106 +210,6 @@ class LogLine:
     endpoint: str | None
     text: str
     style: str = ""
-
-
-@attrs.frozen
-class Cell:
-    """A piece of text and the Rich style to show it in."""
-
-    text: str
-    style: str = ""
-
-
-@attrs.frozen
-class Row:
-    """One table row: ``key`` is the endpoint name; ``cells`` follow :data:`COLUMNS`."""
-
-    key: str
-    cells: tuple[Cell, ...]
-
-
-# --- text helpers -----------------------------------------------------------------------------
-
-
-def safe_text(text: str) -> str:
-    """``text`` with every non-printable character (escape sequences, bidi overrides, line
-    breaks) replaced by a visible ``\\xNN`` escape."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
-
-def display_url(url: str) -> str:
-    """``url`` as it is safe to show: scheme, host, port and path only. User info, query and
-    fragment are dropped because that is where people paste tokens."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<invalid url>"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{port}" if port is not None else host
-    path = parts.path if parts.path not in ("", "/") else ""
-    return safe_text(urllib.parse.urlunsplit((parts.scheme, netloc, path, "", "")))
-
-
-def format_duration(seconds: float | None) -> str:
-    """A compact duration: ``42s``, ``4m05s``, ``2h03m``, ``3d04h`` (a dash for ``None``)."""
-    if seconds is None or not math.isfinite(seconds):
-        return MISSING
-    total = max(0, math.ceil(seconds - 1e-9))  # a countdown shows 1s until it reaches 0
-    if total < 60:
-        return f"{total}s"
-    if total < 3600:
-        return f"{total // 60}m{total % 60:02d}s"
-    if total < 86400:
-        return f"{total // 3600}h{total % 3600 // 60:02d}m"
-    return f"{total // 86400}d{total % 86400 // 3600:02d}h"
-
-
-_UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float | None:
-    """Parse what an operator types for a duration: ``300``, ``90s``, ``5m``, ``1.5h``,
-    ``2d``; blank means "until reset" (``None``). Raises :class:`ValueError` with a
-    readable message for anything else or a value outside the protocol's range."""
-    cleaned = text.strip().lower()
-    if not cleaned:
-        return None
-    unit = cleaned[-1] if cleaned[-1] in "smhd" else ""
-    number = cleaned[: len(cleaned) - len(unit)].strip()
-    try:
-        value = float(number) * _UNITS[unit]
-    except ValueError:
-        raise ValueError("duration: a number of seconds, or with a unit: 90s, 5m, 2h, 1d") from None
-    if not math.isfinite(value) or not 0 < value <= proto.MAX_DURATION:
-        raise ValueError("duration: must be more than 0 and at most 366 days")
-    return value
-
-
-def format_clock(wall: float) -> str:
-    """Local time of day with milliseconds, for the event log."""
-    stamp = time.strftime("%H:%M:%S", time.localtime(wall))
-    return f"{stamp}.{int(wall * 1000) % 1000:03d}"
-
-
-def _percent(value: float | None) -> str:
-    if value is None:
-        return MISSING
-    if 0 < value < 0.01:
-        return "<1%"
-    return f"{value:.0%}"
-
-
-def _latency(seconds: float | None) -> str:
-    if seconds is None:
-        return MISSING
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    return f"{seconds:.2f}s"
 
 
 def _deadline(open_until_in: float | None, now: float) -> float | None:
@@ -404,7 +273,7 @@ def _transition_line(frame: proto.TransitionFrame) -> LogLine:
     if frame.consecutive_failures:
         parts.append(f"{frame.consecutive_failures} consecutive failures")
     if frame.failure_rate is not None:
-        parts.append(f"failure rate {_percent(frame.failure_rate)}")
+        parts.append(f"failure rate {format_percent(frame.failure_rate)}")
     if frame.until_reset:
         parts.append("until reset")
     elif frame.open_until_in is not None:
@@ -541,138 +410,3 @@ def reduce(model: Model, event: Input, now: float) -> tuple[Model, tuple[LogLine
             line = LogLine(wall=None, endpoint=None, text=safe_text(text), style="bold red")
         return model, (line,)
     return _frame(model, event, now)
-
-
-# --- views ------------------------------------------------------------------------------------
-
-
-def matches_filter(state: proto.EndpointState, text: str) -> bool:
-    """True when every word of ``text`` occurs (case-insensitively) in the endpoint's name,
-    provider or state."""
-    haystack = f"{state.name} {state.provider} {state.state}".lower()
-    return all(word in haystack for word in text.lower().split())
-
-
-def _until_cell(view: EndpointView, now: float) -> Cell:
-    ep = view.state
-    if ep.state not in _TIMED_STATES:
-        return Cell(MISSING)
-    if ep.until_reset:
-        return Cell("until reset", STATE_STYLES.get(ep.state, ""))
-    if view.deadline is None:
-        return Cell(MISSING)
-    return Cell(format_duration(max(0.0, view.deadline - now)), STATE_STYLES.get(ep.state, ""))
-
-
-def _fails_cell(ep: proto.EndpointState) -> Cell:
-    text = str(ep.consecutive_failures)
-    if ep.failures != ep.consecutive_failures:
-        text += f" ({ep.failures})"
-    return Cell(text, "red" if ep.consecutive_failures else "")
-
-
-def _rate_cell(ep: proto.EndpointState) -> Cell:
-    if ep.failure_rate is None:
-        return Cell(MISSING)
-    style = "red" if ep.failure_rate >= 0.5 else "yellow" if ep.failure_rate >= 0.1 else ""
-    return Cell(f"{_percent(ep.failure_rate)} of {ep.calls_in_window}", style)
-
-
-def _limit_cell(ep: proto.EndpointState) -> Cell:
-    value = ep.limiter_utilization
-    if value is None:
-        return Cell(MISSING)
-    style = "red" if value >= 0.95 else "yellow" if value >= 0.8 else ""
-    return Cell(_percent(value), style)
-
-
-def _in_flight_cell(ep: proto.EndpointState) -> Cell:
-    if ep.in_flight is None:
-        return Cell(MISSING)
-    text = str(ep.in_flight)
-    if ep.queue_depth:
-        text += f" +{ep.queue_depth} queued"
-    return Cell(text)
-
-
-def _note_cell(ep: proto.EndpointState) -> Cell:
-    parts = []
-    if ep.forced_reason:
-        parts.append(ep.forced_reason)
-    if ep.forced_by:
-        parts.append(f"by {ep.forced_by}")
-    return Cell(safe_text(" ".join(parts)) if parts else "")
-
-
-def table_rows(model: Model, now: float, filter_text: str = "") -> list[Row]:
-    """The endpoint table at monotonic time ``now``, narrowed by ``filter_text``."""
-    rows = []
-    for view in model.endpoints:
-        ep = view.state
-        if filter_text and not matches_filter(ep, filter_text):
-            continue
-        cells = (
-            Cell(safe_text(ep.name), "bold"),
-            Cell(safe_text(ep.provider)),
-            Cell(safe_text(ep.state), STATE_STYLES.get(ep.state, "")),
-            _fails_cell(ep),
-            _rate_cell(ep),
-            _until_cell(view, now),
-            _limit_cell(ep),
-            _in_flight_cell(ep),
-            Cell(_latency(ep.latency_p95)),
-            Cell(str(ep.trips)),
-            # Calls the breaker failed fast: during a drill this is the traffic moving away.
-            Cell(str(ep.rejected), "magenta" if ep.rejected else ""),
-            _note_cell(ep),
-        )
-        rows.append(Row(key=ep.name, cells=cells))
-    return rows
-
-
-def status_cells(model: Model, url: str, now: float) -> tuple[Cell, ...]:
-    """The header line: where we are connected, the link status, the role and a hint."""
-    link = model.link
-    cells = [Cell(" rakka-trio ", "bold reverse"), Cell(f" {display_url(url)}  ")]
-    if link.status is LinkStatus.CONNECTING:
-        cells.append(Cell("◌ connecting…", "yellow"))
-    elif link.status is LinkStatus.FAILED:
-        cells.append(Cell(f"✖ not connected: {link.error or 'refused'}", "bold red"))
-    elif link.status is LinkStatus.RECONNECTING:
-        if link.retry_at is not None and link.retry_at > now:
-            wait = f" in {format_duration(link.retry_at - now)}"
-        else:
-            wait = "…"
-        text = f"◌ reconnecting{wait} (retry {link.attempt})"
-        cells.append(Cell(text, "bold yellow"))
-        if link.error:
-            cells.append(Cell(f"  {link.error}", "red"))
-    else:
-        cells.append(Cell("● connected", "bold green"))
-        role = link.role or "?"
-        cells.append(Cell(f"  as {role}", "bold" if role == "operator" else "bold yellow"))
-        cells.append(Cell(f"  node {link.node_id}  {len(model.endpoints)} endpoints"))
-        if link.role != "operator":
-            hint = "  read-only: commands need an operator token (--token / RAKKA_TOKEN)"
-            cells.append(Cell(hint, "yellow"))
-        stale = _stale_for(link, now)
-        if stale is not None:
-            cells.append(Cell(f"  no update for {format_duration(stale)}", "bold yellow"))
-    return tuple(cells)
-
-
-def _stale_for(link: LinkState, now: float) -> float | None:
-    if link.last_frame_at is None or link.stats_interval is None:
-        return None
-    silent = now - link.last_frame_at
-    limit = max(_STALE_MINIMUM, _STALE_AFTER_INTERVALS * link.stats_interval)
-    return silent if silent > limit else None
-
-
-def log_cells(line: LogLine, wall_now: float) -> tuple[Cell, ...]:
-    """One log line as cells: the time (``wall_now`` for local events), the endpoint, the text."""
-    cells = [Cell(format_clock(line.wall if line.wall is not None else wall_now), "dim")]
-    if line.endpoint:
-        cells.append(Cell(f"  {line.endpoint}", "bold"))
-    cells.append(Cell(f"  {line.text}", line.style))
-    return tuple(cells)

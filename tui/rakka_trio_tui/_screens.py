@@ -12,12 +12,15 @@ from typing import ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
+from rakka_trio._control._input import DURATION_HELP
+
 from ._link import build_command
-from ._model import MISSING, CommandRequest, parse_duration, safe_text
+from ._model import CommandRequest
+from ._text import MISSING, parse_duration, safe_text
 
 __all__ = ["CommandScreen", "ConfirmScreen", "HelpScreen"]
 
@@ -27,7 +30,9 @@ _DIALOG_CSS = """
 }
 {name} > Vertical {
     width: 72;
+    max-width: 100%;
     height: auto;
+    max-height: 100%;
     padding: 1 2;
     border: thick $accent;
     background: $surface;
@@ -79,7 +84,7 @@ class CommandScreen(ModalScreen[CommandRequest | None]):
         with Vertical():
             yield Label(Text(f"{verb} {safe_text(self.endpoint)}"), classes="title")
             yield Static(explanation)
-            yield Label("Duration (300, 90s, 5m, 2h, 1d; blank: until reset)")
+            yield Label(f"Duration ({DURATION_HELP}; blank: until reset)")
             yield Input(placeholder="until reset", id="duration")
             yield Label("Reason (recorded in the audit trail)")
             yield Input(placeholder="e.g. incident-42", id="reason", max_length=1000)
@@ -167,38 +172,56 @@ class ConfirmScreen(ModalScreen[bool]):
 
 HELP_TEXT = f"""\
 Keys
-  ↑ ↓        select an endpoint
-  f          force the selected endpoint's breaker open (asks duration and reason)
-  r          reset it: close the breaker, clear a forced or disabled state (asks to confirm)
-  d          disable it: bypass the breaker (asks duration and reason)
-  /          filter the table (words match name, provider or state; Esc clears)
-  ?          this help
-  q          quit
+  ↑ ↓      select an endpoint
+  f        force the selected breaker open (asks duration, reason)
+  r        reset it: close the breaker, clear a forced or
+           disabled state (asks to confirm)
+  d        disable it: bypass the breaker (asks duration, reason)
+  /        filter the table by name, provider or state (Esc clears)
+  ?        this help
+  q        quit (also Ctrl-C, Ctrl-Q)
 
-f, r and d need an operator token (--token or RAKKA_TOKEN); a read-only (viewer)
-connection shows them greyed out.
+Durations: {DURATION_HELP}; blank means until reset.
+Forcing open the last endpoint that can still serve asks twice.
+f, r and d need an operator token (--token or RAKKA_TOKEN); a
+read-only (viewer) connection shows them greyed out.
 
-Columns
-  FAILS       consecutive failures (total failures in parentheses)
-  FAIL RATE   failure rate over the breaker's window, and the calls in that window
-  OPEN UNTIL  time left in an open, half-open, forced or disabled state
-  RPM/TPM     utilisation of the endpoint's busiest rate limit
+Columns (a narrow terminal hides PROVIDER first, then TRIPS,
+RPM/TPM, NOTE, REJECTED, FAIL RATE and OPEN UNTIL)
+  FAILS       consecutive failures (total in parentheses)
+  FAIL RATE   failure rate over the breaker's window, and the
+              calls in that window
+  OPEN UNTIL  time left in an open, half-open, forced or
+              disabled state
+  RPM/TPM     utilisation of the busiest rate limit
   IN-FLIGHT   calls in progress (and queued)
   P95         95th-percentile latency
   TRIPS       times the breaker opened on its own
-  REJECTED    calls the breaker failed fast (they fail over or fail at once)
-  NOTE        the reason and operator of a forced state
+  REJECTED    calls the breaker failed fast (they fail over)
+  NOTE        reason and operator of a forced state
   {MISSING}           the server did not report this figure
 
-The connection is retried with backoff when it drops; the header says "reconnecting" and the
-table shows the last known state until the server is back.
+When the connection drops it is retried with backoff; the header
+says "reconnecting" and the table keeps the last known state.
 """
+"""The help screen's text; no line is wider than the dialog, even at 80 columns."""
 
 
 class HelpScreen(ModalScreen[None]):
     """Key bindings and column meanings."""
 
-    DEFAULT_CSS = _DIALOG_CSS.replace("{name}", "HelpScreen").replace("width: 72;", "width: 96;")
+    DEFAULT_CSS = (
+        _DIALOG_CSS.replace("{name}", "HelpScreen").replace("width: 72;", "width: 76;")
+        + """
+HelpScreen > Vertical {
+    height: 100%;
+    max-height: 50;
+}
+HelpScreen VerticalScroll {
+    height: 1fr;
+}
+"""
+    )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q,question_mark", "close", "Close"),
     ]
@@ -207,7 +230,8 @@ class HelpScreen(ModalScreen[None]):
         """The help text and a close button."""
         with Vertical():
             yield Label("rakka-trio tui", classes="title")
-            yield Static(Text(HELP_TEXT))
+            with VerticalScroll():
+                yield Static(Text(HELP_TEXT), id="help-text")
             with Horizontal():
                 yield Button("Close", id="close", variant="primary")
 
