@@ -17,6 +17,7 @@ The names come in groups:
 * **accounting** — prices, budgets, metrics and :func:`prometheus_text`;
 * **events** — what subscribers receive;
 * **control plane** — :func:`serve_control` and :func:`open_control_client`;
+* **shutdown** — :func:`shutdown_on_signals` for a graceful stop on SIGTERM/SIGINT;
 * **SSE** — the spec-exact :class:`SSEDecoder`;
 * **errors** — one hierarchy under :class:`RakkaError`.
 """
@@ -131,6 +132,7 @@ from ._limits import (
 )
 from ._request import ChatRequest, Completion, ToolCall
 from ._retry import Retrier, RetryBudget, RetryDecision
+from ._signals import SignalShutdown, shutdown_on_signals
 from ._sse import SSEDecoder, SSEEvent
 from ._supervisor import (
     Endpoint,
@@ -232,6 +234,7 @@ __all__ = [
     "ServerError",
     "Session",
     "SessionStatistics",
+    "SignalShutdown",
     "StaticCredential",
     "Stats",
     "StreamChunk",
@@ -263,5 +266,6 @@ __all__ = [
     "prometheus_text",
     "run_supervisor",
     "serve_control",
+    "shutdown_on_signals",
     "usage_cost",
 ]
