@@ -25,8 +25,9 @@ manifest's content type) and read twice:
   concatenated per candidate).
 
 Compared per fixture (per choice index when there are several): text, thinking text, thinking
-signature, opaque reasoning (Anthropic ``redacted_thinking`` data, Responses
-``encrypted_content``: rk has no field for either), refusal, tool calls (id, name, argument
+signature (rk: ``thinking_signature`` plus the ``signature`` of Gemini function calls, in
+stream order), opaque reasoning (Anthropic ``redacted_thinking`` data, Responses
+``encrypted_content``; rk: ``redacted_thinking``), refusal, tool calls (id, name, argument
 JSON: the exact string where the SDK keeps one, parsed JSON for Gemini, whose SDK only keeps
 the object), finish reason (normalised, see ``_FINISH``), usage (input, output, cached,
 cache-write, reasoning tokens, normalised to ``rk.Usage``'s meaning by the ``sdk_*``
@@ -35,7 +36,10 @@ readers) and the error outcome (see ``_ERROR_KINDS``). Server-side tool blocks (
 citations are not compared.
 
 Output: one line per difference, ``FIXTURE field: rk=... sdk=...``, then ``N/M match``. Exit
-status 1 when any fixture differs (2 for a bad manifest or checksum).
+status 1 when any fixture differs (2 for a bad manifest or checksum). A ``FIXTURE note:`` line
+is not a difference: it records where the SDK's two ways of reading a stream disagree (the
+``responses.stream`` helper rejects a stream that ``responses.create(stream=True)`` reads
+without error; the plain API's outcome is the one compared).
 """
 
 from __future__ import annotations
@@ -348,6 +352,7 @@ class Outcome:
     error: str = "ok"
     error_detail: str = ""
     returned: bool = True  # False: a complete() that raised (no Completion to compare)
+    notes: list[str] = field(default_factory=list)
 
     def choice(self, index: int) -> Choice:
         """The choice ``index``, created empty if missing."""
@@ -407,6 +412,8 @@ def rk_outcome(chunks: Sequence[rk.StreamChunk], exc: BaseException | None) -> O
         choice.text += chunk.text
         choice.thinking += chunk.thinking
         choice.signature += chunk.thinking_signature
+        choice.signature += "".join(d.signature or "" for d in chunk.tool_calls)
+        choice.opaque += chunk.redacted_thinking
         choice.refusal += chunk.refusal
         for delta in chunk.tool_calls:
             deltas.setdefault(chunk.index, {}).setdefault(delta.index, []).append(delta)
@@ -433,6 +440,13 @@ def _completion_outcome(done: rk.Completion | None, exc: BaseException | None) -
         choice = out.choice(0)
         choice.text = done.text
         choice.thinking = done.thinking
+        # A Completion keeps a call's signature on the call; compared joined after the
+        # thinking signature (the stream's order wherever both occur in one response).
+        choice.signature = done.thinking_signature + "".join(
+            c.signature or "" for c in done.tool_calls
+        )
+        choice.opaque = "".join(done.redacted_thinking)
+        choice.refusal = done.refusal
         choice.calls = [Call(c.id, c.name, c.arguments) for c in done.tool_calls]
         choice.finish = done.finish_reason
         out.usage = _rk_usage(done.usage)
@@ -680,8 +694,10 @@ async def sdk_openai_responses(url: str) -> Outcome:
     ``response.completed``); when that fails, the last response object a lifecycle event
     carried (``response.failed`` / ``incomplete`` / ``in_progress``). When the helper's own
     state machine gives up (a ``RuntimeError`` other than the missing ``response.completed``)
-    the content comes from the typed events of ``responses.create(stream=True)`` instead,
-    and the helper's exception stays the error outcome."""
+    the content and the outcome come from the typed events of
+    ``responses.create(stream=True)`` instead, the SDK's plain streaming API, and a note
+    records the helper's complaint (e.g. a proxy that rotates response ids between events,
+    which the helper refuses although every event is well-formed)."""
     client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
     last: openai.types.responses.Response | None = None
     exc: BaseException | None = None
@@ -703,9 +719,16 @@ async def sdk_openai_responses(url: str) -> Outcome:
     finally:
         await client.close()
     helper_gave_up = exc is not None and not isinstance(exc, openai.APIError)
+    notes: list[str] = []
     if helper_gave_up and _sdk_error(exc)[0] != "truncated":
         last = await _responses_last_lifecycle(url)
-    out = Outcome()
+        if last is not None:  # the plain streaming API read every event without an error
+            notes.append(
+                f"sdk responses.stream raised ({_describe(exc) if exc else '-'}); "
+                "compared with responses.create(stream=True), which reads it without error"
+            )
+            exc = None
+    out = Outcome(notes=notes)
     if last is not None:
         _responses_outcome(out, last)
     _policy(out, exc)
@@ -954,8 +977,8 @@ def compare(fixture: Fixture, rk_result: RkResult, sdk: Outcome) -> list[str]:
         )
 
     # complete() and from_chunks(): reported only where they add something, i.e. differ from
-    # the SDK and from the stream's own reading (choice 0; Completion has no refusal or
-    # signature fields; a complete() that raised has only its error to compare).
+    # the SDK and from the stream's own reading (choice 0; a complete() that raised has only
+    # its error to compare).
     for label, other in (
         ("complete.", rk_result.complete),
         ("from_chunks.", rk_result.from_chunks),
@@ -964,7 +987,16 @@ def compare(fixture: Fixture, rk_result: RkResult, sdk: Outcome) -> list[str]:
             continue
         names = ["error"]
         if other.returned:
-            names += ["text", "thinking", "tool_calls", "finish", *_usage_fields(other, sdk)]
+            names += [
+                "text",
+                "thinking",
+                "thinking_signature",
+                "thinking_opaque",
+                "refusal",
+                "tool_calls",
+                "finish",
+                *_usage_fields(other, sdk),
+            ]
         for name in names:
             value, sdk_value, stream_value = (
                 _value(o, name, fixture.api) for o in (other, sdk, stream)
@@ -1001,6 +1033,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines = compare(fixture, rk_results[fixture.id], sdk_results[fixture.id])
         for line in lines:
             print(line)
+        for note in sdk_results[fixture.id].notes:
+            print(f"{fixture.id} note: {note}")
         matched += not lines
     print(f"{matched}/{len(fixtures)} match")
     return 0 if matched == len(fixtures) else 1

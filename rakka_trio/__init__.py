@@ -10,6 +10,7 @@ The names come in groups:
 * **credentials** — :class:`Secret` and the credential sources;
 * **calls** — :class:`ChatRequest`, streamed :class:`StreamChunk`, :class:`Completion`,
   sessions;
+* **providers** — the plug-in interface: :class:`Provider`, :func:`register_provider`;
 * **breaker** — :class:`BreakerHandle` and its states;
 * **retries** — :class:`Retrier` and the retry budget;
 * **rate limits** — :class:`LimiterHandle`, :class:`Cost`, reservations and statistics;
@@ -99,7 +100,6 @@ from ._errors import (
     Timeout,
     Unauthorized,
     UnknownEndpoint,
-    classify_http_status,
     parse_retry_after,
 )
 from ._events import (
@@ -127,6 +127,16 @@ from ._limits import (
     LimitStatistics,
     Reservation,
     model_family,
+)
+from ._providers import (
+    ErrorClassifier,
+    HttpCall,
+    Provider,
+    RateLimitHint,
+    StreamAdapter,
+    classify_http_status,
+    provider_names,
+    register_provider,
 )
 from ._request import ChatRequest, Completion, ToolCall
 from ._retry import Retrier, RetryBudget, RetryDecision
@@ -190,10 +200,12 @@ __all__ = [
     "EngineConfig",
     "EngineStatistics",
     "EnvCredential",
+    "ErrorClassifier",
     "Event",
     "EventTooLarge",
     "FileCredential",
     "Forbidden",
+    "HttpCall",
     "KeyStatistics",
     "Lagged",
     "LatencySummary",
@@ -213,10 +225,12 @@ __all__ = [
     "PriceTable",
     "Priority",
     "ProbeLimitReached",
+    "Provider",
     "ProviderError",
     "QuotaExhausted",
     "RakkaError",
     "RateLimitExceeded",
+    "RateLimitHint",
     "RateLimited",
     "RateLimits",
     "Reservation",
@@ -232,6 +246,7 @@ __all__ = [
     "SessionStatistics",
     "StaticCredential",
     "Stats",
+    "StreamAdapter",
     "StreamChunk",
     "StreamError",
     "StreamTruncated",
@@ -259,6 +274,8 @@ __all__ = [
     "open_supervisor",
     "parse_retry_after",
     "prometheus_text",
+    "provider_names",
+    "register_provider",
     "run_supervisor",
     "serve_control",
     "usage_cost",

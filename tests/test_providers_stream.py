@@ -17,11 +17,11 @@ import pytest
 
 import rakka_trio as rk
 from rakka_trio import SSEDecoder, SSEEvent, StreamChunk, ToolCallDelta, Usage
-from rakka_trio._errors import classify_stream_error
 from rakka_trio._providers import (
     AnthropicAdapter,
     GeminiAdapter,
     OpenAIChatAdapter,
+    classify_stream_error,
     prepare_openai_stream_body,
     stream_adapter_for,
 )
@@ -64,10 +64,13 @@ class Played:
         calls: dict[int, dict[str, Any]] = {}
         for chunk in self.chunks:
             for delta in chunk.tool_calls:
-                call = calls.setdefault(delta.index, {"id": None, "name": None, "arguments": ""})
+                call = calls.setdefault(
+                    delta.index, {"id": None, "name": None, "arguments": "", "signature": None}
+                )
                 call["id"] = call["id"] or delta.id
                 call["name"] = call["name"] or delta.name
                 call["arguments"] += delta.arguments_delta
+                call["signature"] = call["signature"] or delta.signature
         return [calls[i] for i in sorted(calls)]
 
 
@@ -602,7 +605,9 @@ def test_gemini_thoughts_function_call_and_usage() -> None:
     [call] = r.tool_calls()
     assert call["name"] == "get_weather"
     assert json.loads(call["arguments"]) == {"location": "Paris", "unit": "celsius"}
-    assert r.signature == "CiQB0e2Kb2sNVgA1x7Lq9eNd+Yc="
+    # A signature on a functionCall part belongs to that call: it goes back in the same part.
+    assert call["signature"] == "CiQB0e2Kb2sNVgA1x7Lq9eNd+Yc="
+    assert r.signature == ""
     assert r.finish_reasons == ["tool_calls"]
     # thoughts count as output (and as reasoning), cached content is part of the input
     assert r.usage == Usage(65, 96, 32, 78, 161)
