@@ -36,7 +36,7 @@ from rakka_trio.testing import (
     serve_mock_provider,
 )
 from rakka_trio.testing._faults import FaultPlan
-from rakka_trio.testing._shapes import go_duration, split_text
+from rakka_trio.testing._plan import go_duration, split_text
 
 pytestmark = pytest.mark.trio
 

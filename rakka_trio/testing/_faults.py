@@ -16,7 +16,7 @@ from typing import Final, Literal
 
 import attrs
 
-from ._shapes import ROUTES, Route
+from ._plan import ROUTES, Route
 
 __all__ = ["Fault", "FaultKind", "FaultPlan", "FaultRule", "RouteSelector"]
 
@@ -32,7 +32,9 @@ FaultKind = Literal[
     "connection_reset",
     "content_filter",
 ]
-RouteSelector = Literal["openai", "openai-responses", "anthropic", "gemini", "*"]
+RouteSelector = Literal[
+    "openai", "openai-responses", "anthropic", "gemini", "azure-openai", "openai-compatible", "*"
+]
 _SELECTORS: Final = (*ROUTES, "*")
 
 
