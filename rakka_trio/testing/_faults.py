@@ -187,8 +187,9 @@ class Fault:
         after_chunks: int, error_type: str | None = None, message: str | None = None
     ) -> Fault:
         """After ``after_chunks`` chunks, send the provider's in-stream error and end the stream:
-        OpenAI ``data: {"error": ...}``, Responses ``error`` + ``response.failed``, Anthropic
-        ``event: error``, Gemini ``data: {"error": ...}``.
+        OpenAI (and Azure, and the compatible server) ``data: {"error": ...}``, Responses
+        ``error`` + ``response.failed``, Anthropic ``event: error``, Gemini
+        ``data: {"error": ...}``.
 
         ``error_type`` is in the route's vocabulary (``"server_error"``, ``"overloaded_error"``,
         ``"UNAVAILABLE"`` ...); ``None`` picks the provider's commonest (OpenAI
@@ -216,11 +217,14 @@ class Fault:
         """The provider's safety system stops the answer.
 
         ``stage="output"``: ``after_chunks`` chunks go out, then the answer ends as filtered:
-        OpenAI ``finish_reason: "content_filter"``, Responses ``response.incomplete`` with reason
+        OpenAI ``finish_reason: "content_filter"`` (Azure: with ``violence`` marked filtered in
+        ``content_filter_results``), Responses ``response.incomplete`` with reason
         ``content_filter``, Anthropic ``stop_reason: "refusal"``, Gemini ``finishReason: "SAFETY"``.
         ``stage="prompt"``: the prompt is refused: OpenAI/Responses HTTP 400 with code
-        ``content_filter``, Gemini ``promptFeedback.blockReason: "SAFETY"`` (HTTP 200, no
-        candidates), Anthropic a ``refusal`` with no output.
+        ``content_filter`` (Azure: with ``innererror`` ``ResponsibleAIPolicyViolation``, ``hate``
+        filtered), Gemini ``promptFeedback.blockReason: "SAFETY"`` (HTTP 200, no candidates),
+        Anthropic a ``refusal`` with no output, the compatible server a ``content_filter``
+        finish with no output.
         """
         if stage not in ("output", "prompt"):
             raise ValueError("stage must be 'output' or 'prompt'")
