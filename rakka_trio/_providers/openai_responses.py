@@ -28,14 +28,28 @@ __all__ = ["OpenAIResponsesAdapter", "OpenAIResponsesProvider", "responses_usage
 _POLICY_CODES = frozenset(
     {"bio_policy", "misalignment_policy_violation", "image_content_policy_violation"}
 )
-# Delta events: (field of the delta event, field of the matching .done event).
-_TEXT_EVENTS = {
-    "response.output_text": "text",
-    "response.refusal": "refusal",
-    "response.reasoning_summary_text": "thinking",
-    "response.reasoning_text": "thinking",
+# Text-like streams: event type -> (the stream it belongs to, the chunk field it fills, where
+# the part index is); the .done events carry the whole value in their last field.
+_TEXT = "response.output_text"
+_REFUSAL = "response.refusal"
+_SUMMARY = "response.reasoning_summary_text"
+_REASONING = "response.reasoning_text"
+_DELTAS = {
+    f"{_TEXT}.delta": (_TEXT, "text", "content_index"),
+    f"{_REFUSAL}.delta": (_REFUSAL, "refusal", "content_index"),
+    f"{_SUMMARY}.delta": (_SUMMARY, "thinking", "summary_index"),
+    f"{_REASONING}.delta": (_REASONING, "thinking", "content_index"),
 }
-_DONE_FIELD = {"text": "text", "refusal": "refusal", "thinking": "text"}
+_DONES = {
+    f"{_TEXT}.done": (_TEXT, "text", "content_index", "text"),
+    f"{_REFUSAL}.done": (_REFUSAL, "refusal", "content_index", "refusal"),
+    f"{_SUMMARY}.done": (_SUMMARY, "thinking", "summary_index", "text"),
+    f"{_REASONING}.done": (_REASONING, "thinking", "content_index", "text"),
+}
+_ARGS = "response.function_call_arguments"
+_ARGS_DELTA = f"{_ARGS}.delta"
+_ARGS_DONE = f"{_ARGS}.done"
+Key = tuple[str, int, int]  # (stream, output_index, part index)
 
 
 def responses_usage(raw: Mapping[str, Any]) -> Usage:
@@ -92,7 +106,9 @@ class OpenAIResponsesAdapter(StreamAdapter):
         self._named: set[int] = set()  # output indexes whose call id/name were emitted
         # What the deltas delivered so far, per (field, output_index, part): to complete from
         # the final values of the *.done events without repeating anything.
-        self._sent: dict[tuple[str, int, str], str] = {}
+        # (Pieces, joined only when a final value arrives: concatenating per delta would be
+        # quadratic in the length of a long answer.)
+        self._sent: dict[Key, list[str]] = {}
         self._encrypted: dict[int, str] = {}  # output_index -> reasoning encrypted_content
 
     def _tool(self, output_index: int) -> int:
@@ -101,13 +117,11 @@ class OpenAIResponsesAdapter(StreamAdapter):
             ordinal = self._tools[output_index] = len(self._tools)
         return ordinal
 
-    def _piece(
-        self, field: str, key: tuple[str, int, str], delta: str, event: SSEEvent
-    ) -> list[StreamChunk]:
+    def _piece(self, field: str, key: Key, delta: str, event: SSEEvent) -> list[StreamChunk]:
         """Emit ``delta`` for ``field`` (``text``, ``refusal``, ``thinking`` or ``args``)."""
         if not delta:
             return []
-        self._sent[key] = self._sent.get(key, "") + delta
+        self._sent.setdefault(key, []).append(delta)
         if field == "args":
             call = ToolCallDelta(self._tool(key[1]), arguments_delta=delta)
             return [StreamChunk(tool_calls=(call,), raw_event=event)]
@@ -117,13 +131,11 @@ class OpenAIResponsesAdapter(StreamAdapter):
             return [StreamChunk(thinking=delta, raw_event=event)]
         return [StreamChunk(text=delta, raw_event=event)]
 
-    def _complete(
-        self, field: str, key: tuple[str, int, str], final: Any, event: SSEEvent
-    ) -> list[StreamChunk]:
+    def _complete(self, field: str, key: Key, final: Any, event: SSEEvent) -> list[StreamChunk]:
         """``final`` is the whole value: emit what it adds to what was sent."""
         if not isinstance(final, str):
             return []
-        sent = self._sent.get(key, "")
+        sent = "".join(self._sent.get(key, ()))
         if not final.startswith(sent):
             return []  # the deltas disagree with the final value; what was sent stands
         return self._piece(field, key, final[len(sent) :], event)
@@ -134,19 +146,21 @@ class OpenAIResponsesAdapter(StreamAdapter):
             return []
         obj = self._json(event)
         kind = as_str(obj.get("type")) or event.event
-        base, _, suffix = kind.rpartition(".")
         oi = as_int(obj.get("output_index"))
-        if base in _TEXT_EVENTS and suffix in ("delta", "done"):
-            field = _TEXT_EVENTS[base]
-            part = str(as_int(obj.get("summary_index", obj.get("content_index"))))
-            key = (field, oi, f"{base}:{part}")
-            if suffix == "delta":
-                return self._piece(field, key, as_str(obj.get("delta")), event)
-            return self._complete(field, key, obj.get(_DONE_FIELD[field]), event)
-        if kind == "response.function_call_arguments.delta":
-            return self._piece("args", ("args", oi, ""), as_str(obj.get("delta")), event)
-        if kind == "response.function_call_arguments.done":
-            return self._complete("args", ("args", oi, ""), obj.get("arguments"), event)
+        delta = _DELTAS.get(kind)
+        if delta is not None:
+            stream, field, part = delta
+            key = (stream, oi, as_int(obj.get(part)))
+            return self._piece(field, key, as_str(obj.get("delta")), event)
+        done = _DONES.get(kind)
+        if done is not None:
+            stream, field, part, final = done
+            key = (stream, oi, as_int(obj.get(part)))
+            return self._complete(field, key, obj.get(final), event)
+        if kind == _ARGS_DELTA:
+            return self._piece("args", (_ARGS, oi, 0), as_str(obj.get("delta")), event)
+        if kind == _ARGS_DONE:
+            return self._complete("args", (_ARGS, oi, 0), obj.get("arguments"), event)
         if kind in ("response.output_item.added", "response.output_item.done"):
             return self._item(oi, as_map(obj.get("item")), kind.endswith("done"), event)
         if kind == "response.output_text.annotation.added":
@@ -191,22 +205,21 @@ class OpenAIResponsesAdapter(StreamAdapter):
                     as_str(item.get("name")) or None,
                 )
                 out.append(StreamChunk(tool_calls=(call,), raw_event=event))
-            out += self._complete("args", ("args", oi, ""), item.get("arguments"), event)
+            out += self._complete("args", (_ARGS, oi, 0), item.get("arguments"), event)
         elif kind == "message" and done:
             for index, raw in enumerate(item.get("content") or ()):
                 part = as_map(raw)
                 if part.get("type") == "output_text":
-                    key = ("text", oi, f"response.output_text:{index}")
-                    out += self._complete("text", key, part.get("text"), event)
+                    out += self._complete("text", (_TEXT, oi, index), part.get("text"), event)
                 elif part.get("type") == "refusal":
-                    key = ("refusal", oi, f"response.refusal:{index}")
+                    key = (_REFUSAL, oi, index)
                     out += self._complete("refusal", key, part.get("refusal"), event)
         elif kind == "reasoning" and done:
             for index, raw in enumerate(item.get("summary") or ()):
-                key = ("thinking", oi, f"response.reasoning_summary_text:{index}")
+                key = (_SUMMARY, oi, index)
                 out += self._complete("thinking", key, as_map(raw).get("text"), event)
             for index, raw in enumerate(item.get("content") or ()):
-                key = ("thinking", oi, f"response.reasoning_text:{index}")
+                key = (_REASONING, oi, index)
                 out += self._complete("thinking", key, as_map(raw).get("text"), event)
             encrypted = as_str(item.get("encrypted_content"))
             if encrypted:
