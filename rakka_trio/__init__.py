@@ -10,6 +10,7 @@ The names come in groups:
 * **credentials** — :class:`Secret` and the credential sources;
 * **calls** — :class:`ChatRequest`, streamed :class:`StreamChunk`, :class:`Completion`,
   sessions;
+* **providers** — the plug-in interface: :class:`Provider`, :func:`register_provider`;
 * **breaker** — :class:`BreakerHandle` and its states;
 * **retries** — :class:`Retrier` and the retry budget;
 * **rate limits** — :class:`LimiterHandle`, :class:`Cost`, reservations and statistics;
@@ -101,7 +102,6 @@ from ._errors import (
     Timeout,
     Unauthorized,
     UnknownEndpoint,
-    classify_http_status,
     parse_retry_after,
 )
 from ._events import (
@@ -129,6 +129,16 @@ from ._limits import (
     LimitStatistics,
     Reservation,
     model_family,
+)
+from ._providers import (
+    ErrorClassifier,
+    HttpCall,
+    Provider,
+    RateLimitHint,
+    StreamAdapter,
+    classify_http_status,
+    provider_names,
+    register_provider,
 )
 from ._request import ChatRequest, Completion, ToolCall
 from ._retry import Retrier, RetryBudget, RetryDecision
@@ -193,10 +203,12 @@ __all__ = [
     "EngineConfig",
     "EngineStatistics",
     "EnvCredential",
+    "ErrorClassifier",
     "Event",
     "EventTooLarge",
     "FileCredential",
     "Forbidden",
+    "HttpCall",
     "KeyStatistics",
     "Lagged",
     "LatencySummary",
@@ -217,10 +229,12 @@ __all__ = [
     "Priority",
     "ProbeLimitReached",
     "PrometheusCollector",
+    "Provider",
     "ProviderError",
     "QuotaExhausted",
     "RakkaError",
     "RateLimitExceeded",
+    "RateLimitHint",
     "RateLimited",
     "RateLimits",
     "Reservation",
@@ -237,6 +251,7 @@ __all__ = [
     "SignalShutdown",
     "StaticCredential",
     "Stats",
+    "StreamAdapter",
     "StreamChunk",
     "StreamError",
     "StreamTruncated",
@@ -264,6 +279,8 @@ __all__ = [
     "open_supervisor",
     "parse_retry_after",
     "prometheus_text",
+    "provider_names",
+    "register_provider",
     "run_supervisor",
     "serve_control",
     "shutdown_on_signals",

@@ -48,13 +48,16 @@ class ToolCallDelta:
     ``index`` identifies the call within the response (0 for the first call, 1 for the second
     ...), the same across all its deltas. ``id`` and ``name`` arrive once, normally on the
     first delta; ``arguments_delta`` is the next fragment of the JSON arguments, to be
-    concatenated in order.
+    concatenated in order. ``signature`` is the opaque signature the provider attached to the
+    call (Gemini's ``thoughtSignature`` on a ``functionCall`` part), which must be sent back
+    with the call on the next turn.
     """
 
     index: int
     id: str | None = None
     name: str | None = None
     arguments_delta: str = ""
+    signature: str | None = attrs.field(default=None, kw_only=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -86,8 +89,13 @@ class StreamChunk:
     * ``thinking`` — reasoning/thinking text (Anthropic thinking, OpenAI reasoning summaries,
       ``reasoning_content`` of OpenAI-compatible servers, Gemini thought parts);
     * ``thinking_signature`` — the opaque signature of a thinking block (Anthropic
-      ``signature_delta``, Gemini ``thoughtSignature``), needed to send the block back;
+      ``signature_delta``, Gemini ``thoughtSignature`` on a text or thought part), needed to
+      send the block back;
     * ``refusal`` — the model's refusal message (OpenAI).
+
+    ``redacted_thinking`` is not a delta: each non-empty value is one whole block of encrypted
+    reasoning the caller cannot read but must send back on the next turn (Anthropic
+    ``redacted_thinking`` ``data``, OpenAI Responses reasoning ``encrypted_content``).
 
     ``tool_calls`` carries tool-call fragments and ``citations`` sources cited by the text.
 
@@ -103,6 +111,7 @@ class StreamChunk:
     text: str = ""
     thinking: str = ""
     thinking_signature: str = ""
+    redacted_thinking: str = ""
     refusal: str = ""
     tool_calls: tuple[ToolCallDelta, ...] = ()
     citations: tuple[Citation, ...] = ()

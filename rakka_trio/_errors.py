@@ -3,13 +3,13 @@
 Every error says whether a retry could help (``retryable``) and whether it is evidence that the
 endpoint is unhealthy (``counts_as_circuit_failure``). Provider errors carry the provider and the
 endpoint name. Messages pass through :func:`~rakka_trio._redact.redact`, so a provider echoing a
-key back never leaks it into a log line or the control feed.
+key back never leaks it into a log line or the control feed. Turning a provider's error body
+into one of these classes is each provider's job (``_providers/``).
 """
 
 from __future__ import annotations
 
 import email.utils
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -43,8 +43,6 @@ __all__ = [
     "Timeout",
     "Unauthorized",
     "UnknownEndpoint",
-    "classify_http_status",
-    "classify_stream_error",
     "parse_retry_after",
 ]
 
@@ -282,23 +280,7 @@ class EventTooLarge(StreamError):
     retryable = False
 
 
-# --- classification -------------------------------------------------------------------------
-
-_CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
-_CONTEXT_PHRASES = (
-    "maximum context length",
-    "context window",
-    "prompt is too long",
-    "too many tokens",
-    "exceeds the maximum number of tokens",
-    "input token count",
-)
-_FILTER_CODES = frozenset(
-    {"content_filter", "content_policy_violation", "safety", "responsibleaipolicyviolation"}
-)
-_QUOTA_CODES = frozenset(
-    {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active", "quota_exceeded"}
-)
+# --- server wait hints ---------------------------------------------------------------------
 
 
 def _lower_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -346,185 +328,3 @@ def parse_retry_after(
         return None
     wall = time.time() if now is None else now
     return max(0.0, when.timestamp() - wall)
-
-
-def _error_fields(body: Any) -> tuple[str | None, str | None, str]:
-    """Pull ``(type, code, message)`` from a provider error body (OpenAI, Anthropic, Gemini)."""
-    data: Any = body
-    if isinstance(body, bytes | bytearray | memoryview):
-        data = bytes(body).decode("utf-8", "replace")
-    if isinstance(data, str):
-        text = data
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return None, None, text.strip()[:_MAX_MESSAGE]
-    if not isinstance(data, Mapping):
-        return None, None, "" if data is None else str(data)[:_MAX_MESSAGE]
-    err: Any = data.get("error", data)
-    if isinstance(err, str):  # {"error": "message"} (some OpenAI-compatible servers)
-        return None, None, err
-    if not isinstance(err, Mapping):
-        return None, None, ""
-    etype = err.get("type")
-    code = err.get("code")
-    status = err.get("status")  # Gemini: "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", ...
-    message = err.get("message") or err.get("detail") or ""
-    type_s = str(etype) if isinstance(etype, str) else (str(status) if status else None)
-    code_s = str(code) if isinstance(code, str) else None
-    return type_s, code_s, str(message)
-
-
-def classify_http_status(
-    status: int,
-    headers: Mapping[str, str] | None = None,
-    body: bytes | str | Mapping[str, Any] | None = None,
-    *,
-    provider: str | None = None,
-    endpoint: str | None = None,
-) -> ProviderError:
-    """Map a provider's error response to the typed :class:`RakkaError` for it.
-
-    Understands OpenAI (``{"error": {"type", "code", "message"}}``), Anthropic
-    (``{"type": "error", "error": {"type": "overloaded_error", ...}}``) and Gemini
-    (``{"error": {"code", "status", "message"}}``) bodies. ``x-should-retry: true|false``
-    overrides the class's ``retryable``. Raises :class:`ValueError` for a non-error status.
-    """
-    if not 400 <= status <= 599:
-        raise ValueError(f"HTTP status {status} is not an error status")
-    return _classify(status, headers, body, provider=provider, endpoint=endpoint, http=True)
-
-
-def _classify(
-    status: int,
-    headers: Mapping[str, str] | None,
-    body: bytes | str | Mapping[str, Any] | None,
-    *,
-    provider: str | None,
-    endpoint: str | None,
-    http: bool,
-) -> ProviderError:
-    """:func:`classify_http_status`'s mapping; ``http=False`` means ``status`` is only a hint
-    derived from an in-stream error, so it is not reported as the response's status."""
-    h = _lower_headers(headers)
-    etype, code, message = _error_fields(body)
-    keys = {k.lower() for k in (etype, code) if k}
-    lowered = message.lower()
-    retry_after = parse_retry_after(h)
-    should = h.get("x-should-retry", "").strip().lower()
-    retryable = True if should == "true" else False if should == "false" else None
-    kw: dict[str, Any] = {
-        "provider": provider,
-        "endpoint": endpoint,
-        "status": status if http else None,
-        "code": code or etype,
-        "retry_after": retry_after,
-        "retryable": retryable,
-    }
-    text = message or (etype or code or "error")
-
-    if keys & _QUOTA_CODES:
-        kw["retryable"] = False  # a hint can't make an empty wallet retryable
-        return QuotaExhausted(text, **kw)
-    if status == 529 or "overloaded_error" in keys:
-        return Overloaded(text, **kw)
-    if keys & _FILTER_CODES:
-        return ContentFiltered(text, reason=code or etype, **kw)
-    if keys & _CONTEXT_CODES or (
-        status in (400, 413, 422) and any(p in lowered for p in _CONTEXT_PHRASES)
-    ):
-        return ContextLengthExceeded(text, **kw)
-    if status == 429 or "rate_limit_error" in keys or "resource_exhausted" in keys:
-        return RateLimited(text, **kw)
-    if status == 401 or "authentication_error" in keys:
-        return Unauthorized(text, **kw)
-    if status == 403 or "permission_error" in keys or "permission_denied" in keys:
-        return Forbidden(text, **kw)
-    if status == 404 or "not_found_error" in keys:
-        return NotFound(text, **kw)
-    if status == 408:
-        return Timeout(text, phase="server", **kw)
-    if status == 402:
-        kw["retryable"] = False
-        return QuotaExhausted(text, **kw)
-    if status >= 500:
-        if status in (501, 505) and retryable is None:
-            kw["retryable"] = False  # not implemented / unsupported: retrying can't help
-        return ServerError(text, **kw)
-    if status == 409 and retryable is None:
-        kw["retryable"] = True  # lock conflicts: the official SDKs retry these
-    return BadRequest(text, **kw)
-
-
-# The HTTP status each provider's error type or gRPC-style status stands for, used to classify
-# errors that arrive inside a 200 stream (whose real HTTP status says nothing).
-_STREAM_ERROR_STATUS: dict[str, int] = {
-    "invalid_request_error": 400,
-    "invalid_argument": 400,
-    "failed_precondition": 400,
-    "invalid_prompt": 400,
-    "authentication_error": 401,
-    "unauthenticated": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "permission_denied": 403,
-    "not_found_error": 404,
-    "not_found": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "rate_limit_exceeded": 429,
-    "resource_exhausted": 429,
-    "insufficient_quota": 429,
-    "api_error": 500,
-    "server_error": 500,
-    "internal": 500,
-    "internal_error": 500,
-    "unavailable": 503,
-    "timeout_error": 504,
-    "deadline_exceeded": 504,
-    "overloaded_error": 529,
-}
-_STREAM_ERROR_STATUS.update(dict.fromkeys(_QUOTA_CODES, 429))
-_STREAM_ERROR_STATUS.update(dict.fromkeys(_FILTER_CODES | _CONTEXT_CODES, 400))
-
-
-def classify_stream_error(
-    payload: bytes | str | Mapping[str, Any] | None,
-    *,
-    provider: str | None = None,
-    endpoint: str | None = None,
-) -> ProviderError:
-    """Map an error object reported *inside* a started stream to its typed error.
-
-    The payload is the provider's error (an OpenAI ``{"error": {...}}`` chunk, an Anthropic
-    ``event: error`` body, a Gemini ``{"error": {"code", "status"}}`` event, a Responses API
-    ``error`` event). Its type or numeric code selects the class exactly as
-    :func:`classify_http_status` would for that HTTP status (``overloaded_error`` →
-    :class:`Overloaded`, ``rate_limit_error`` → :class:`RateLimited`, ``api_error`` →
-    :class:`ServerError` ...), but ``status`` stays ``None``: the HTTP response was a 200.
-    An error nothing recognises is a :class:`StreamError`.
-    """
-    etype, code, message = _error_fields(payload)
-    hint: int | None = None
-    for key in (code, etype):  # the code is the more specific (OpenAI: type + code)
-        if key and hint is None:
-            hint = _STREAM_ERROR_STATUS.get(key.lower())
-    if hint is None:
-        data: Any = payload
-        if isinstance(payload, str | bytes):
-            try:
-                data = json.loads(payload)
-            except ValueError:
-                data = None
-        err = data.get("error", data) if isinstance(data, Mapping) else None
-        number = err.get("code") if isinstance(err, Mapping) else None
-        if isinstance(number, int) and not isinstance(number, bool) and 400 <= number <= 599:
-            hint = number
-    if hint is None:
-        return StreamError(
-            message or etype or code or "error in stream",
-            provider=provider,
-            endpoint=endpoint,
-            code=code or etype,
-        )
-    return _classify(hint, None, payload, provider=provider, endpoint=endpoint, http=False)

@@ -1,9 +1,9 @@
-"""Provider-neutral requests and results, and their translation to each provider's HTTP call.
+"""Provider-neutral requests and results.
 
 :class:`ChatRequest` uses the OpenAI chat message shape (``{"role", "content"}``, function
-tools) because every provider can be fed from it; :func:`build_http_request` turns it into the
-path and JSON body of the endpoint's provider. ``extra`` is merged into the body last, so any
-provider-specific field can be set (or overridden) without waiting for a new release.
+tools) because every provider can be fed from it; the endpoint's provider (see
+``_providers/``) turns it into its own HTTP call. ``extra`` is merged into the body last, so
+any provider-specific field can be set (or overridden) without waiting for a new release.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from typing import Any
 
 import attrs
 
-from ._chunks import StreamChunk, ToolCallDelta, Usage
+from ._chunks import Citation, StreamChunk, ToolCallDelta, Usage
 from ._errors import ConfigError
-from ._providers import prepare_openai_stream_body
+from ._providers import HttpCall, get_provider
 
 __all__ = ["ChatRequest", "Completion", "HttpCall", "ToolCall", "build_http_request"]
-
-_DEFAULT_ANTHROPIC_MAX_TOKENS = 1024  # Anthropic requires max_tokens; other providers don't
 
 
 def _messages(value: Any) -> list[dict[str, Any]]:
@@ -64,11 +62,16 @@ class ChatRequest:
 
 @attrs.frozen(kw_only=True)
 class ToolCall:
-    """A complete tool call assembled from its deltas; ``arguments`` is the JSON text."""
+    """A complete tool call assembled from its deltas; ``arguments`` is the JSON text.
+
+    ``signature`` is the provider's opaque signature for the call (Gemini
+    ``thoughtSignature``), to send back with it on the next turn.
+    """
 
     id: str | None
     name: str | None
     arguments: str
+    signature: str | None = None
 
     def parsed_arguments(self) -> Any:
         """``arguments`` decoded from JSON (raises ``ValueError`` if the model produced bad
@@ -78,9 +81,12 @@ class ToolCall:
 
 @attrs.frozen(kw_only=True)
 class Completion:
-    """The whole result of :meth:`Endpoint.complete`.
+    """The whole result of :meth:`Endpoint.complete` (choice 0 of the stream).
 
-    ``endpoint`` is the endpoint that produced it and ``attempts`` how many tries it took.
+    The text fields are the stream's deltas concatenated (see :class:`StreamChunk`);
+    ``redacted_thinking`` holds each encrypted reasoning block, in order, to send back as it
+    is; ``citations`` are every source cited, in order. ``endpoint`` is the endpoint that
+    produced it and ``attempts`` how many tries it took.
     """
 
     text: str
@@ -90,6 +96,10 @@ class Completion:
     usage: Usage | None
     endpoint: str
     attempts: int
+    thinking_signature: str = ""
+    redacted_thinking: tuple[str, ...] = ()
+    refusal: str = ""
+    citations: tuple[Citation, ...] = ()
 
     @classmethod
     def from_chunks(
@@ -98,6 +108,10 @@ class Completion:
         """Assemble a completion from a stream's chunks (choice 0)."""
         text: list[str] = []
         thinking: list[str] = []
+        signature: list[str] = []
+        refusal: list[str] = []
+        redacted: list[str] = []
+        citations: list[Citation] = []
         calls: dict[int, list[ToolCallDelta]] = {}
         finish: str | None = None
         usage: Usage | None = None
@@ -108,6 +122,11 @@ class Completion:
                 continue
             text.append(chunk.text)
             thinking.append(chunk.thinking)
+            signature.append(chunk.thinking_signature)
+            refusal.append(chunk.refusal)
+            if chunk.redacted_thinking:
+                redacted.append(chunk.redacted_thinking)
+            citations.extend(chunk.citations)
             for delta in chunk.tool_calls:
                 calls.setdefault(delta.index, []).append(delta)
             if chunk.finish_reason is not None:
@@ -117,6 +136,7 @@ class Completion:
                 id=next((d.id for d in deltas if d.id), None),
                 name=next((d.name for d in deltas if d.name), None),
                 arguments="".join(d.arguments_delta for d in deltas),
+                signature=next((d.signature for d in deltas if d.signature), None),
             )
             for _, deltas in sorted(calls.items())
         )
@@ -128,133 +148,23 @@ class Completion:
             usage=usage,
             endpoint=endpoint,
             attempts=attempts,
+            thinking_signature="".join(signature),
+            redacted_thinking=tuple(redacted),
+            refusal="".join(refusal),
+            citations=tuple(citations),
         )
 
 
-@attrs.frozen(kw_only=True)
-class HttpCall:
-    """The provider HTTP call for a request: ``POST url`` with ``json`` (and query ``params``)."""
-
-    url: str
-    json: dict[str, Any]
-    params: dict[str, str] = attrs.field(factory=dict)
-
-
-def _join(base: str, *, versioned: str, path: str) -> str:
-    """``base`` + ``path``, inserting the API version segment if ``base`` lacks it."""
-    base = base.rstrip("/")
-    if not base.rsplit("/", 1)[-1].startswith("v1"):
-        base = f"{base}/{versioned}"
-    return f"{base}{path}"
-
-
-def _split_system(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
-    system = [m for m in messages if m["role"] in ("system", "developer")]
-    rest = [m for m in messages if m["role"] not in ("system", "developer")]
-    text = "\n\n".join(str(m.get("content", "")) for m in system) if system else None
-    return text, rest
-
-
-def _function_specs(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    specs = []
-    for tool in tools or []:
-        fn = tool.get("function", tool)
-        specs.append(
-            {
-                "name": fn.get("name"),
-                "description": fn.get("description", ""),
-                "parameters": fn.get("parameters", {"type": "object", "properties": {}}),
-            }
-        )
-    return specs
-
-
-def build_http_request(provider: str, base_url: str, model: str, request: ChatRequest) -> HttpCall:
-    """The streaming HTTP call that performs ``request`` against ``provider`` at ``base_url``."""
-    body: dict[str, Any]
-    params: dict[str, str] = {}
-    if provider in ("openai", "openai-compatible"):
-        url = f"{base_url.rstrip('/')}/chat/completions"
-        body = {"model": model, "messages": request.messages}
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
-        if request.tools:
-            body["tools"] = request.tools
-        if request.tool_choice is not None:
-            body["tool_choice"] = request.tool_choice
-        if request.stop:
-            body["stop"] = request.stop
-    elif provider == "openai-responses":
-        url = f"{base_url.rstrip('/')}/responses"
-        system, rest = _split_system(request.messages)
-        body = {"model": model, "input": rest, "stream": True}
-        if system:
-            body["instructions"] = system
-        if request.max_tokens is not None:
-            body["max_output_tokens"] = request.max_tokens
-        if request.tools:
-            body["tools"] = [
-                {"type": "function", **spec} for spec in _function_specs(request.tools)
-            ]
-    elif provider == "anthropic":
-        url = _join(base_url, versioned="v1", path="/messages")
-        system, rest = _split_system(request.messages)
-        body = {
-            "model": model,
-            "messages": rest,
-            "max_tokens": request.max_tokens or _DEFAULT_ANTHROPIC_MAX_TOKENS,
-            "stream": True,
-        }
-        if system:
-            body["system"] = system
-        if request.tools:
-            body["tools"] = [
-                {
-                    "name": s["name"],
-                    "description": s["description"],
-                    "input_schema": s["parameters"],
-                }
-                for s in _function_specs(request.tools)
-            ]
-        if request.stop:
-            body["stop_sequences"] = request.stop
-    elif provider == "gemini":
-        url = _join(base_url, versioned="v1beta", path=f"/models/{model}:streamGenerateContent")
-        params = {"alt": "sse"}
-        system, rest = _split_system(request.messages)
-        body = {
-            "contents": [
-                {
-                    "role": "model" if m["role"] == "assistant" else "user",
-                    "parts": [{"text": str(m.get("content", ""))}],
-                }
-                for m in rest
-            ]
-        }
-        if system:
-            body["systemInstruction"] = {"parts": [{"text": system}]}
-        config: dict[str, Any] = {}
-        if request.max_tokens is not None:
-            config["maxOutputTokens"] = request.max_tokens
-        if request.temperature is not None:
-            config["temperature"] = request.temperature
-        if request.top_p is not None:
-            config["topP"] = request.top_p
-        if request.stop:
-            config["stopSequences"] = request.stop
-        if config:
-            body["generationConfig"] = config
-        if request.tools:
-            body["tools"] = [{"functionDeclarations": _function_specs(request.tools)}]
-    else:
-        raise ConfigError([("provider", f"unsupported provider {provider!r}")])
-    if provider != "gemini":
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.top_p is not None:
-            body["top_p"] = request.top_p
-    body.update(request.extra)
-    if provider in ("openai", "openai-compatible"):
-        # After the extras: streaming with usage is what the limiter and breaker rely on.
-        body = prepare_openai_stream_body(body)
-    return HttpCall(url=url, json=body, params=params)
+def build_http_request(
+    provider: str,
+    base_url: str,
+    model: str,
+    request: ChatRequest,
+    *,
+    options: Mapping[str, str] | None = None,
+) -> HttpCall:
+    """The streaming HTTP call that performs ``request`` against the provider registered as
+    ``provider`` at ``base_url`` (``options``: the endpoint's ``provider_options``)."""
+    return get_provider(provider).build_request(
+        request, base_url=base_url, model=model, options=options or {}
+    )

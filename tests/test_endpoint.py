@@ -47,7 +47,7 @@ def endpoint(
 ) -> rk.EndpointConfig:
     return rk.EndpointConfig(
         name=name or provider,
-        provider=provider,  # type: ignore[arg-type]
+        provider=provider,
         base_url=mock.base_url_for(provider),  # type: ignore[arg-type]
         model="mock-model",
         credential=credential or rk.StaticCredential(KEY),

@@ -177,3 +177,55 @@ def test_circuit_open_message() -> None:
     )
     assert "until reset" in str(err) and "incident-42" in str(err)
     assert err.retryable is False
+
+
+AZURE_FILTERED = {
+    "error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's "
+        "content management policy.",
+        "type": None,
+        "param": "prompt",
+        "code": "content_filter",
+        "status": 400,
+        "innererror": {
+            "code": "ResponsibleAIPolicyViolation",
+            "content_filter_result": {
+                "hate": {"filtered": False, "severity": "safe"},
+                "jailbreak": {"filtered": True, "detected": True},
+                "violence": {"filtered": True, "severity": "medium"},
+            },
+        },
+    }
+}
+
+
+def test_a_providers_own_rules_apply_when_it_is_named() -> None:
+    azure = rk.classify_http_status(400, {}, AZURE_FILTERED, provider="azure-openai")
+    assert isinstance(azure, rk.ContentFiltered)
+    assert azure.reason == "jailbreak,violence"  # the categories Azure filtered
+    assert azure.provider == "azure-openai"
+    # the default (no provider): the shared rules, as before
+    shared = rk.classify_http_status(400, {}, AZURE_FILTERED)
+    assert isinstance(shared, rk.ContentFiltered) and shared.reason == "content_filter"
+    # a name nothing is registered under is only a label
+    labelled = rk.classify_http_status(400, {}, AZURE_FILTERED, provider="someone-else")
+    assert labelled.provider == "someone-else" and labelled.reason == "content_filter"  # type: ignore[attr-defined]
+
+
+def test_azure_inner_policy_code_without_an_outer_one() -> None:
+    inner = {"code": "ResponsibleAIPolicyViolation"}
+    body = {"error": {"code": "400", "message": "no", "innererror": inner}}
+    err = rk.classify_http_status(400, {}, body, provider="azure-openai")
+    assert isinstance(err, rk.ContentFiltered)
+
+
+def test_stream_errors_are_classified_by_the_named_provider() -> None:
+    from rakka_trio._providers import classify_stream_error
+
+    err = classify_stream_error(
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        provider="anthropic",
+        endpoint="e",
+    )
+    assert isinstance(err, rk.Overloaded)
+    assert (err.provider, err.endpoint, err.status) == ("anthropic", "e", None)

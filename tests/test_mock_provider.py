@@ -36,7 +36,7 @@ from rakka_trio.testing import (
     serve_mock_provider,
 )
 from rakka_trio.testing._faults import FaultPlan
-from rakka_trio.testing._shapes import go_duration, split_text
+from rakka_trio.testing._plan import go_duration, split_text
 
 pytestmark = pytest.mark.trio
 
@@ -1387,3 +1387,126 @@ async def test_split_text_breaks_at_words() -> None:
 )
 async def test_go_duration(seconds: float, text: str) -> None:
     assert go_duration(seconds) == text
+
+
+# --- Azure OpenAI and the OpenAI-compatible reasoning server ---------------------------------
+
+AZURE_PATH = "/openai/deployments/gpt-4o-prod/chat/completions"
+
+
+async def test_azure_route_streams_openai_chunks_with_filter_results() -> None:
+    mock = MockProvider(reply=REPLY, chunks=4, api_key=KEY)
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    with trio.fail_after(10):
+        async with serving(mock), client() as c:
+            url = f"{mock.url}{AZURE_PATH}?api-version=2024-10-21"
+            r = await c.post(url, headers={"api-key": KEY}, json=body)
+            assert mock.base_url_for("azure-openai") == mock.url
+    assert r.status_code == 200
+    events = sse(r.content)
+    assert events[-1].data == "[DONE]"
+    first, *chunks = [json.loads(e.data) for e in events[:-1]]
+    # Azure's first chunk: the prompt's filter verdict, no choices, empty id
+    assert first["choices"] == [] and first["id"] == ""
+    verdict = first["prompt_filter_results"][0]["content_filter_results"]
+    assert not any(v["filtered"] for v in verdict.values())
+    texts = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    assert "".join(t for t in texts if t) == REPLY
+    content = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["delta"]]
+    assert all("content_filter_results" in choice for choice in content[1:])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens"] == 5
+    rec = mock.requests[-1]
+    assert (rec.route, rec.model, rec.key_matched) == ("azure-openai", "gpt-4o-prod", True)
+    # Azure reports what remains, not limits or resets
+    assert "x-ratelimit-remaining-requests" in r.headers
+    assert "x-ratelimit-limit-requests" not in r.headers
+
+
+async def test_azure_route_reads_api_key_and_requires_api_version() -> None:
+    mock = MockProvider(reply=REPLY, api_key=KEY)
+    with trio.fail_after(10):
+        async with serving(mock), client() as c:
+            versioned = f"{mock.url}{AZURE_PATH}?api-version=2024-10-21"
+            bearer = await c.post(versioned, headers={"authorization": f"Bearer {KEY}"}, json=CHAT)
+            wrong = await c.post(versioned, headers={"api-key": "nope"}, json=CHAT)
+            unversioned = await c.post(
+                f"{mock.url}{AZURE_PATH}", headers={"api-key": KEY}, json=CHAT
+            )
+    assert bearer.status_code == 200  # an Entra ID token works too
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "401"
+    err = rk.classify_http_status(401, {}, wrong.content, provider="azure-openai")
+    assert isinstance(err, rk.Unauthorized)
+    assert unversioned.status_code == 400
+    assert "api-version" in unversioned.json()["error"]["message"]
+
+
+async def test_azure_content_filter_faults() -> None:
+    mock = MockProvider(reply=REPLY, chunks=4, api_key=KEY)
+    mock.add_fault("azure-openai", Fault.content_filter(stage="prompt"), times=1)
+    mock.add_fault("azure-openai", Fault.content_filter(after_chunks=1), times=1)
+    body = {**CHAT, "stream": True}
+    with trio.fail_after(10):
+        async with serving(mock), client() as c:
+            url = f"{mock.url}{AZURE_PATH}?api-version=2024-10-21"
+            prompt = await c.post(url, headers={"api-key": KEY}, json=body)
+            output = await c.post(url, headers={"api-key": KEY}, json=body)
+    assert prompt.status_code == 400
+    error = prompt.json()["error"]
+    assert error["code"] == "content_filter"
+    assert error["innererror"]["code"] == "ResponsibleAIPolicyViolation"
+    assert error["innererror"]["content_filter_result"]["hate"]["filtered"] is True
+    filtered = rk.classify_http_status(400, {}, prompt.content, provider="azure-openai")
+    assert isinstance(filtered, rk.ContentFiltered) and filtered.reason == "hate"
+    last_choice = [c for c in datas(output.content) if c["choices"]][-1]["choices"][0]
+    assert last_choice["finish_reason"] == "content_filter"
+    assert last_choice["content_filter_results"]["violence"]["filtered"] is True
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_compat_route_streams_reasoning_first(field: str) -> None:
+    mock = MockProvider(reply=REPLY, chunks=3, api_key=KEY, compat_reasoning_field=field)
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    with trio.fail_after(10):
+        async with serving(mock), client() as c:
+            assert mock.base_url_for("openai-compatible") == f"{mock.url}/compat/v1"
+            url = mock.url_for("openai-compatible")
+            r = await c.post(url, headers=auth("openai-compatible"), json=body)
+            unary = await c.post(url, headers=auth("openai-compatible"), json=CHAT)
+    assert r.status_code == 200
+    assert sse(r.content)[-1].data == "[DONE]"
+    deltas = [c["choices"][0]["delta"] for c in datas(r.content) if c["choices"]]
+    thinking = "".join(d.get(field) or "" for d in deltas)
+    text = "".join(d.get("content") or "" for d in deltas)
+    assert (thinking, text) == (mock.thinking, REPLY)
+    first_text = next(i for i, d in enumerate(deltas) if d.get("content"))
+    assert all(not d.get(field) for d in deltas[first_text:])  # reasoning comes first
+    usage = datas(r.content)[-1]["usage"]
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == len(mock.thinking.split())
+    assert unary.json()["choices"][0]["message"][field] == mock.thinking
+
+
+async def test_compat_route_without_done_and_with_vllm_errors() -> None:
+    mock = MockProvider(
+        reply=REPLY, api_key=KEY, compat_reasoning_field=None, compat_sends_done=False
+    )
+    mock.add_fault("openai-compatible", Fault.status(400, message="bad top_k"), times=1)
+    body = {**CHAT, "stream": True}
+    with trio.fail_after(10):
+        async with serving(mock), client() as c:
+            url = mock.url_for("openai-compatible")
+            bad = await c.post(url, headers=auth("openai-compatible"), json=body)
+            ok = await c.post(url, headers=auth("openai-compatible"), json=body)
+    assert bad.status_code == 400
+    assert bad.json() == {
+        "object": "error",
+        "message": "bad top_k",
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }
+    assert isinstance(classify(bad), rk.BadRequest)
+    events = sse(ok.content)
+    assert events and all(e.data != "[DONE]" for e in events)
+    deltas = [c["choices"][0] for c in datas(ok.content) if c["choices"]]
+    assert deltas[-1]["finish_reason"] == "stop"
+    assert not any("reasoning_content" in d["delta"] for d in deltas)

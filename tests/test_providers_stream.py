@@ -17,11 +17,11 @@ import pytest
 
 import rakka_trio as rk
 from rakka_trio import SSEDecoder, SSEEvent, StreamChunk, ToolCallDelta, Usage
-from rakka_trio._errors import classify_stream_error
 from rakka_trio._providers import (
     AnthropicAdapter,
     GeminiAdapter,
     OpenAIChatAdapter,
+    classify_stream_error,
     prepare_openai_stream_body,
     stream_adapter_for,
 )
@@ -51,6 +51,10 @@ class Played:
         return "".join(c.thinking_signature for c in self.chunks)
 
     @property
+    def citations(self) -> list[rk.Citation]:
+        return [c for chunk in self.chunks for c in chunk.citations]
+
+    @property
     def finish_reasons(self) -> list[str]:
         return [c.finish_reason for c in self.chunks if c.finish_reason is not None]
 
@@ -64,10 +68,13 @@ class Played:
         calls: dict[int, dict[str, Any]] = {}
         for chunk in self.chunks:
             for delta in chunk.tool_calls:
-                call = calls.setdefault(delta.index, {"id": None, "name": None, "arguments": ""})
+                call = calls.setdefault(
+                    delta.index, {"id": None, "name": None, "arguments": "", "signature": None}
+                )
                 call["id"] = call["id"] or delta.id
                 call["name"] = call["name"] or delta.name
                 call["arguments"] += delta.arguments_delta
+                call["signature"] = call["signature"] or delta.signature
         return [calls[i] for i in sorted(calls)]
 
 
@@ -129,6 +136,12 @@ ALL_FIXTURES = [
     ("gemini_prompt_blocked.sse", "gemini"),
     ("gemini_truncated.sse", "gemini"),
     ("gemini_unavailable.sse", "gemini"),
+    ("gemini_grounding.sse", "gemini"),
+    ("openai_responses_done_only.sse", "openai-responses"),
+    ("openai_responses_encrypted_reasoning.sse", "openai-responses"),
+    ("anthropic_redacted_thinking.sse", "anthropic"),
+    ("azure_openai_filtered.sse", "azure-openai"),
+    ("openai_compatible_reasoning_field.sse", "openai-compatible"),
 ]
 
 
@@ -602,7 +615,9 @@ def test_gemini_thoughts_function_call_and_usage() -> None:
     [call] = r.tool_calls()
     assert call["name"] == "get_weather"
     assert json.loads(call["arguments"]) == {"location": "Paris", "unit": "celsius"}
-    assert r.signature == "CiQB0e2Kb2sNVgA1x7Lq9eNd+Yc="
+    # A signature on a functionCall part belongs to that call: it goes back in the same part.
+    assert call["signature"] == "CiQB0e2Kb2sNVgA1x7Lq9eNd+Yc="
+    assert r.signature == ""
     assert r.finish_reasons == ["tool_calls"]
     # thoughts count as output (and as reasoning), cached content is part of the input
     assert r.usage == Usage(65, 96, 32, 78, 161)
@@ -698,3 +713,116 @@ def test_classify_stream_error_keeps_status_empty_and_recognises_numeric_codes()
     assert "HTTP" not in str(err)
     assert isinstance(classify_stream_error('{"error": {"type": "server_error"}}'), rk.ServerError)
     assert type(classify_stream_error("garbage")) is rk.StreamError
+
+
+# --- regressions found by replaying recorded provider traffic ------------------------------
+
+
+def test_responses_values_sent_only_in_done_events_are_not_lost() -> None:
+    # LM Studio sends a call's arguments only in function_call_arguments.done and
+    # output_item.done; a text's last words may also come only in output_text.done.
+    r = play("openai_responses_done_only.sse", "openai-responses")
+    assert r.error is None
+    assert r.thinking == "Need the weather tool."
+    assert r.text == "Checking Oslo now."
+    [call] = r.tool_calls()
+    assert call["id"] == "call_local_1" and call["name"] == "weather"
+    assert call["arguments"] == '{"city":"Oslo","unit":"celsius"}'
+    assert r.finish_reasons == ["tool_calls"]
+    assert r.usage == Usage(40, 22, 0, 6, 62)
+
+
+def test_responses_done_events_never_repeat_what_the_deltas_said() -> None:
+    r = play("openai_responses_tools.sse", "openai-responses")
+    deltas = [d.arguments_delta for c in r.chunks for d in c.tool_calls if d.arguments_delta]
+    assert "".join(deltas) == r.tool_calls()[0]["arguments"]
+    json.loads(r.tool_calls()[0]["arguments"])  # one JSON document, not two glued together
+
+
+def test_responses_encrypted_reasoning_is_carried_as_redacted_thinking() -> None:
+    # The server encrypts the item afresh each time it sends it; the final response's copy
+    # is the one to send back (what the SDK's final response holds).
+    r = play("openai_responses_encrypted_reasoning.sse", "openai-responses")
+    assert r.error is None
+    assert [c.redacted_thinking for c in r.chunks if c.redacted_thinking] == ["gAAAAA-final-copy"]
+    assert r.thinking == "Plan the answer." and r.text == "Done."
+    assert r.chunks[-1].finish_reason == "stop"  # delivered before the finish
+
+
+def test_anthropic_redacted_thinking_and_thinking_tokens() -> None:
+    r = play("anthropic_redacted_thinking.sse", "anthropic")
+    assert r.error is None
+    blocks = [c.redacted_thinking for c in r.chunks if c.redacted_thinking]
+    assert blocks == [
+        "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP",
+        "EnoKAhgBEgyGl1gFR4UFZ9MjeAoaDGCHFGPvprRZrfCeJCIw6SWbqTrTv0uH",
+    ]
+    assert r.text == "Here is my answer."
+    # output_tokens_details.thinking_tokens is the reasoning part of the output
+    assert r.usage == Usage(55, 140, 0, 121, 195)
+    done = rk.Completion.from_chunks(r.chunks, endpoint="e", attempts=1)
+    assert done.redacted_thinking == tuple(blocks)
+    assert done.usage is not None and done.usage.reasoning_tokens == 121
+
+
+def test_anthropic_usage_reaches_the_caller_before_a_midstream_error() -> None:
+    r = play("anthropic_overloaded.sse", "anthropic")
+    assert isinstance(r.error, rk.Overloaded)
+    assert r.usage == Usage(30, 1, 0, 0, 31)  # from message_start, before the text
+
+
+def test_gemini_grounding_supports_become_citations() -> None:
+    r = play("gemini_grounding.sse", "gemini")
+    assert r.error is None
+    assert r.text == "Oslo is 12°C and cloudy today."
+    cited = [(c.kind, c.cited_text, c.url, c.start_index, c.end_index) for c in r.citations]
+    assert cited == [
+        ("grounding", "Oslo is 12°C", "https://example.org/oslo-weather", 0, 13),
+        ("grounding", "Oslo is 12°C", "https://example.net/forecast", 0, 13),
+        ("grounding", "and cloudy today.", "https://example.net/forecast", 14, 31),
+    ]
+
+
+def test_azure_content_filter_names_the_filtered_category() -> None:
+    r = play("azure_openai_filtered.sse", "azure-openai")
+    assert r.text == "The battle began"
+    assert r.finish_reasons == ["content_filter"]
+    assert r.usage == Usage(20, 4, 0, 0, 24)  # delivered before the error
+    assert isinstance(r.error, rk.ContentFiltered)
+    assert r.error.reason == "violence"
+    assert r.error.provider == "azure-openai"
+    # the same bytes read as plain OpenAI: filtered, but without the category
+    plain = play("azure_openai_filtered.sse", "openai")
+    assert isinstance(plain.error, rk.ContentFiltered) and plain.error.reason == "content_filter"
+
+
+def test_azure_prompt_filter_results_marked_filtered_stop_the_stream() -> None:
+    adapter = stream_adapter_for("azure-openai")
+    verdict = {"jailbreak": {"filtered": True, "detected": True}}
+    adapter.feed(
+        data({"choices": [], "prompt_filter_results": [{"content_filter_results": verdict}]})
+    )
+    adapter.feed(SSEEvent(data="[DONE]"))
+    with pytest.raises(rk.ContentFiltered) as info:
+        adapter.finish()
+    assert info.value.reason == "jailbreak"
+
+
+@pytest.mark.parametrize(
+    "name", ["openai_compatible_reasoning.sse", "openai_compatible_reasoning_field.sse"]
+)
+def test_only_the_compatible_profile_reads_reasoning_fields(name: str) -> None:
+    compat = play(name, "openai-compatible")
+    assert compat.error is None and compat.thinking and compat.text
+    # OpenAI's own API streams no reasoning text: the "openai" provider ignores the fields
+    # (and, strict, wants [DONE], which neither server sent)
+    plain = play(name, "openai")
+    assert plain.thinking == ""
+    assert isinstance(plain.error, rk.StreamTruncated)
+
+
+def test_compatible_reasoning_field_named_reasoning() -> None:
+    r = play("openai_compatible_reasoning_field.sse", "openai-compatible")
+    assert r.thinking == "Short question, short answer."
+    assert r.text == "Four."
+    assert r.usage == Usage(15, 9, 0, 6, 24)

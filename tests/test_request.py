@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import rakka_trio as rk
+from rakka_trio._call._session import auth_headers
 from rakka_trio._chunks import StreamChunk, ToolCallDelta, Usage
 from rakka_trio._request import ChatRequest, Completion, build_http_request
 
@@ -120,3 +121,79 @@ def test_completion_assembles_text_tools_and_usage() -> None:
     assert (call.id, call.name) == ("call_1", "get_weather")
     assert call.parsed_arguments() == {"city": "Oslo"}
     assert done.attempts == 2
+
+
+def test_azure_deployment_url_api_version_and_body() -> None:
+    req = ChatRequest(messages=MESSAGES, max_tokens=20)
+    call = build_http_request(
+        "azure-openai",
+        "https://res.openai.azure.com/openai/",
+        "gpt-4o",
+        req,
+        options={"deployment": "chat prod", "api_version": "2025-01-01-preview"},
+    )
+    assert (
+        call.url == "https://res.openai.azure.com/openai/deployments/chat%20prod/chat/completions"
+    )
+    assert call.params == {"api-version": "2025-01-01-preview"}
+    assert call.json["stream_options"] == {"include_usage": True}
+    assert call.json["model"] == "gpt-4o" and call.json["max_tokens"] == 20
+    default = build_http_request("azure-openai", "https://res.openai.azure.com", "gpt-4o", req)
+    assert default.url == "https://res.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
+    assert default.params == {"api-version": "2024-10-21"}
+
+
+def test_compatible_servers_get_the_openai_body() -> None:
+    req = ChatRequest(messages=MESSAGES, max_tokens=5)
+    compat = build_http_request("openai-compatible", "http://127.0.0.1:8000/v1", "qwen", req)
+    plain = build_http_request("openai", "http://127.0.0.1:8000/v1", "qwen", req)
+    assert (compat.url, compat.json) == (plain.url, plain.json)
+
+
+@pytest.mark.parametrize(
+    ("provider", "options", "expected"),
+    [
+        ("openai", {}, {"authorization": "Bearer k-1"}),
+        ("openai-compatible", {}, {"authorization": "Bearer k-1"}),
+        ("openai-responses", {}, {"authorization": "Bearer k-1"}),
+        ("anthropic", {}, {"anthropic-version": "2023-06-01", "x-api-key": "k-1"}),
+        ("gemini", {}, {"x-goog-api-key": "k-1"}),
+        ("azure-openai", {}, {"api-key": "k-1"}),
+        ("azure-openai", {"auth": "bearer"}, {"authorization": "Bearer k-1"}),
+    ],
+)
+def test_each_provider_names_its_auth_headers(
+    provider: str, options: dict[str, str], expected: dict[str, str]
+) -> None:
+    assert auth_headers(provider, rk.Secret("k-1"), options) == expected
+
+
+def test_anthropic_version_header_goes_out_without_a_credential() -> None:
+    assert auth_headers("anthropic", None) == {"anthropic-version": "2023-06-01"}
+    assert auth_headers("openai", None) == {}
+
+
+def test_unknown_provider_is_a_config_error() -> None:
+    with pytest.raises(rk.ConfigError, match="unknown provider 'cohere'"):
+        build_http_request("cohere", "http://x", "m", ChatRequest(messages=MESSAGES))
+
+
+def test_completion_carries_what_callers_send_back() -> None:
+    cite = rk.Citation(kind="url_citation", url="https://example.org", start_index=0, end_index=5)
+    chunks = [
+        StreamChunk(thinking="Think", thinking_signature="sig-"),
+        StreamChunk(thinking_signature="A", redacted_thinking="opaque-1"),
+        StreamChunk(redacted_thinking="opaque-2"),
+        StreamChunk(refusal="I can't "),
+        StreamChunk(refusal="do that.", citations=(cite,)),
+        StreamChunk(tool_calls=(ToolCallDelta(0, "c1", "f", "{}", signature="call-sig"),)),
+        StreamChunk(text="other choice", index=1, redacted_thinking="not choice 0"),
+        StreamChunk(finish_reason="tool_calls"),
+    ]
+    done = Completion.from_chunks(chunks, endpoint="ep", attempts=1)
+    assert done.thinking == "Think" and done.thinking_signature == "sig-A"
+    assert done.redacted_thinking == ("opaque-1", "opaque-2")  # one entry per block
+    assert done.refusal == "I can't do that."
+    assert done.citations == (cite,)
+    assert done.tool_calls[0].signature == "call-sig"
+    assert done.text == ""

@@ -27,17 +27,16 @@ from .._config import EndpointConfig
 from .._engine import Engine, Priority, Submission
 from .._errors import (
     ConfigError,
+    ContentFiltered,
     RakkaError,
     RateLimited,
     StreamError,
     Timeout,
     Unauthorized,
-    classify_http_status,
 )
 from .._limits import Cost, LimiterHandle, Reservation
-from .._providers import stream_adapter_for
-from .._providers._base import StreamAdapter
-from .._request import ChatRequest, Completion, build_http_request
+from .._providers import StreamAdapter, get_provider
+from .._request import ChatRequest, Completion
 from .._retry import Retrier
 from ._session import Session, transport_error
 from ._sse_trio import SSEStream, aiter_sse
@@ -72,6 +71,7 @@ def _has_content(chunk: StreamChunk) -> bool:
     return bool(
         chunk.text
         or chunk.thinking
+        or chunk.redacted_thinking
         or chunk.refusal
         or chunk.tool_calls
         or chunk.citations
@@ -106,6 +106,7 @@ class ChunkStream:
         eof: bool,
         attempts: int,
         reservation: Reservation | None = None,
+        error: BaseException | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._reservation = reservation
@@ -117,6 +118,7 @@ class ChunkStream:
         self._next = 0
         self._eof = eof  # the provider's stream was read to its (verified) end
         self._settled = False  # the breaker got this call's one outcome
+        self._error = error  # raised once the pending chunks were delivered
         self.attempts = attempts
 
     @property
@@ -134,6 +136,10 @@ class ChunkStream:
 
     async def __anext__(self) -> StreamChunk:
         while self._next >= len(self._pending):
+            if self._error is not None:
+                error, self._error = self._error, None
+                self._settle(error)
+                raise error
             if self._eof:
                 self._settle(None)
                 raise StopAsyncIteration
@@ -159,7 +165,9 @@ class ChunkStream:
             self._reservation.settle(self._adapter.usage)
         if not self._settled:
             self._settled = True
-            if self._eof:  # the provider delivered everything; the caller just stopped reading
+            if self._error is not None:  # left before the (final) deferred error was raised
+                self._endpoint.breaker._finish(self._token, self._error, None)
+            elif self._eof:  # the provider delivered everything; the caller stopped reading
                 self._endpoint.breaker._finish(self._token, None, None)
             else:  # left early: never the endpoint's fault, and the probe permit comes back
                 self._endpoint.breaker._release(self._token)
@@ -385,13 +393,16 @@ class Endpoint:
                     await self._limiter.reserve(_estimate(request), model=model)
                 )
             client, generation = await stack.enter_async_context(self._session.lease())
-            call = build_http_request(cfg.provider, cfg.base_url, model, request)
+            provider = get_provider(cfg.provider)
+            call = provider.build_request(
+                request, base_url=cfg.base_url, model=model, options=cfg.provider_options
+            )
             http_request = client.build_request(
                 "POST",
                 call.url,
                 json=call.json,
                 params=call.params or None,
-                headers={"accept": "text/event-stream"},
+                headers={"accept": "text/event-stream", **call.headers},
             )
             response = await self._send(client, http_request)
             stack.push_async_callback(response.aclose)
@@ -400,12 +411,8 @@ class Endpoint:
                 self._observe(response, model)
             if response.status_code >= 400:
                 body = await self._read_error_body(response)
-                error = classify_http_status(
-                    response.status_code,
-                    response.headers,
-                    body,
-                    provider=cfg.provider,
-                    endpoint=cfg.name,
+                error = provider.classify_http_error(
+                    response.status_code, response.headers, body, endpoint=cfg.name
                 )
                 if isinstance(error, Unauthorized):
                     error._generation = generation  # type: ignore[attr-defined]
@@ -417,7 +424,7 @@ class Endpoint:
                             error.retry_after, headers=response.headers, model=model
                         )
                 raise error
-            adapter = stream_adapter_for(cfg.provider, endpoint=cfg.name)
+            adapter = provider.stream_adapter(endpoint=cfg.name)
             events = await stack.enter_async_context(
                 # The read gap is already enforced per socket read by the client's read
                 # timeout (mapped to Timeout(phase="read_gap")); a second cancel scope per
@@ -426,12 +433,20 @@ class Endpoint:
             )
             pending: list[StreamChunk] = []
             eof = False
+            deferred: ContentFiltered | None = None
             # Buffer until there is something worth showing: until then a failure is retried.
-            while not eof and not any(_has_content(c) for c in pending):
-                more, eof = await self._pull(events, adapter)
-                pending.extend(more)
+            try:
+                while not eof and not any(_has_content(c) for c in pending):
+                    more, eof = await self._pull(events, adapter)
+                    pending.extend(more)
+            except ContentFiltered as exc:
+                if not pending:
+                    raise
+                # A policy stop is final (never retried): deliver what came before it (the
+                # usage of a blocked prompt), then raise it.
+                deferred, eof = exc, True
             return ChunkStream(
-                self, token, stack, events, adapter, pending, eof, attempts, reservation
+                self, token, stack, events, adapter, pending, eof, attempts, reservation, deferred
             )
         except BaseException as exc:
             self._breaker._finish(token, exc, None)

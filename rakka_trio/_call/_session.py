@@ -10,7 +10,7 @@ generation is skipped when a newer one already exists (one rebuild per credentia
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,28 +21,21 @@ import trio
 from .._config import EndpointConfig
 from .._credentials import Secret
 from .._errors import NetworkError, RakkaError, Timeout
+from .._providers import get_provider
 
 __all__ = ["Session", "SessionStatistics", "auth_headers", "transport_error"]
 
 log = logging.getLogger("rakka_trio.session")
 
 _CLOSE_TIMEOUT = 5.0  # seconds allowed for closing a drained client's pooled connections
-_ANTHROPIC_VERSION = "2023-06-01"
 
 
-def auth_headers(provider: str, secret: Secret | None) -> dict[str, str]:
-    """The provider's authentication (and protocol version) headers for ``secret``."""
-    headers: dict[str, str] = {}
-    if provider == "anthropic":
-        headers["anthropic-version"] = _ANTHROPIC_VERSION
-        if secret is not None:
-            headers["x-api-key"] = secret.get_secret_value()
-    elif provider == "gemini":
-        if secret is not None:
-            headers["x-goog-api-key"] = secret.get_secret_value()
-    elif secret is not None:
-        headers["authorization"] = f"Bearer {secret.get_secret_value()}"
-    return headers
+def auth_headers(
+    provider: str, secret: Secret | None, options: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The authentication (and protocol version) headers the provider registered as
+    ``provider`` sends with ``secret`` (``options``: the endpoint's ``provider_options``)."""
+    return get_provider(provider).auth_headers(secret, options=options or {})
 
 
 def transport_error(
@@ -132,7 +125,10 @@ class Session:
         t = cfg.timeouts
         client = httpx.AsyncClient(
             base_url=cfg.base_url,
-            headers={**cfg.headers, **auth_headers(cfg.provider, secret)},
+            headers={
+                **cfg.headers,
+                **auth_headers(cfg.provider, secret, cfg.provider_options),
+            },
             timeout=httpx.Timeout(
                 connect=t.connect, read=t.read_gap, write=t.read_gap, pool=t.pool
             ),

@@ -19,6 +19,7 @@ import attrs
 
 from .._credentials import Credential
 from .._errors import ConfigError
+from .._providers import get_provider, provider_names
 
 __all__ = [
     "BreakerConfig",
@@ -34,7 +35,7 @@ __all__ = [
     "load_config",
 ]
 
-Provider = Literal["openai", "openai-responses", "anthropic", "gemini", "openai-compatible"]
+Provider = str  # a registered provider name (see rakka_trio.provider_names())
 Jitter = Literal["none", "full", "equal", "decorrelated"]
 LimiterMode = Literal["local", "approximate", "strict"]
 RedisFailurePolicy = Literal["fail_open", "fail_closed", "local_fallback"]
@@ -83,10 +84,11 @@ def _number(
     return check
 
 
-def _choice(*options: str) -> Validator:
+def _choice(*options: str, among: Callable[[], tuple[str, ...]] | None = None) -> Validator:
     def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value not in options:
-            _fail(attribute, f"must be one of {', '.join(options)}; got {value!r}")
+        allowed = among() if among is not None else options  # among: looked up at each check
+        if value not in allowed:
+            _fail(attribute, f"must be one of {', '.join(allowed)}; got {value!r}")
 
     return check
 
@@ -423,9 +425,7 @@ class EndpointConfig:
     """One provider endpoint: where it is, how to authenticate, and its resilience rules."""
 
     name: str = attrs.field(validator=_name)
-    provider: Provider = attrs.field(
-        validator=_choice("openai", "openai-responses", "anthropic", "gemini", "openai-compatible")
-    )
+    provider: Provider = attrs.field(validator=_choice(among=provider_names))
     base_url: str = attrs.field(validator=_url)
     credential: Credential | None = attrs.field(default=None, validator=_credential)
     model: str | None = attrs.field(default=None, validator=_optional_str)
@@ -454,6 +454,15 @@ class EndpointConfig:
     context_window: int | None = attrs.field(
         default=None, validator=_number(ge=1, integer=True, optional=True)
     )
+    # Settings only the provider understands, checked by it (see docs/providers.md).
+    provider_options: Mapping[str, str] = attrs.field(
+        factory=dict, validator=_instance(Mapping, "a table of option names to strings")
+    )
+
+    def __attrs_post_init__(self) -> None:
+        problems = get_provider(self.provider).check_options(self.provider_options)
+        if problems:
+            raise ConfigError([(f"provider_options.{key}", msg) for key, msg in problems])
 
 
 @attrs.frozen(kw_only=True)

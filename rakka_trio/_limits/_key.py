@@ -79,6 +79,7 @@ class Key:
         offset: float = 0.0,
     ) -> None:
         self.label = label
+        self.provider = label.partition(":")[0]  # labels are provider:fingerprint:family
         self.spec = spec
         self.registry = registry
         # Key time is ``clock()``; Trio time is key time + ``offset`` (see fast_clock).
@@ -316,7 +317,7 @@ class Key:
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
         """Lower limits to the provider's and clamp buckets to its ``remaining``."""
-        hints = parse_rate_limit_headers(headers)
+        hints = parse_rate_limit_headers(headers, provider=self.provider)
         if not hints:
             return
         now = self._clock()
@@ -345,7 +346,7 @@ class Key:
         if wait is None and headers:
             wait = parse_retry_after(headers)
         if wait is None and headers:
-            hints = parse_rate_limit_headers(headers)
+            hints = parse_rate_limit_headers(headers, provider=self.provider)
             exhausted = [
                 h.reset for h in hints.values() if h.reset is not None and h.remaining == 0
             ]

@@ -8,14 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._chunks import StreamChunk, Usage
-from .._errors import (
-    ContentFiltered,
-    ProviderError,
-    StreamError,
-    StreamTruncated,
-    classify_stream_error,
-)
+from .._errors import ContentFiltered, ProviderError, StreamError, StreamTruncated
 from .._sse import SSEEvent
+from ._classify import COMMON_ERRORS, ErrorClassifier
 
 __all__ = ["StreamAdapter", "as_int", "as_map", "as_str", "opt_int"]
 
@@ -53,7 +48,8 @@ class StreamAdapter(abc.ABC):
     :class:`~rakka_trio.StreamTruncated` if the provider's end marker never came, and
     :class:`~rakka_trio.ContentFiltered` if the provider stopped the output for policy reasons
     (it is raised there, after the usage that follows it was delivered). Every error carries
-    the adapter's ``provider`` and ``endpoint``.
+    the adapter's ``provider`` and ``endpoint``; in-stream error objects are classified by
+    ``errors`` (default: the shared vocabulary).
 
     After the end marker the adapter exposes the response's ``usage`` (latest totals),
     ``finish_reason`` (normalised), ``response_id`` and ``model``.
@@ -61,9 +57,16 @@ class StreamAdapter(abc.ABC):
 
     default_provider = "unknown"
 
-    def __init__(self, *, provider: str | None = None, endpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        provider: str | None = None,
+        endpoint: str | None = None,
+        errors: ErrorClassifier | None = None,
+    ) -> None:
         self.provider = provider or self.default_provider
         self.endpoint = endpoint
+        self.errors = errors if errors is not None else COMMON_ERRORS
         self.done = False
         """Whether the provider's terminal marker was seen."""
         self.usage: Usage | None = None
@@ -113,7 +116,7 @@ class StreamAdapter(abc.ABC):
         return value
 
     def _error(self, payload: Mapping[str, Any]) -> ProviderError:
-        return classify_stream_error(payload, provider=self.provider, endpoint=self.endpoint)
+        return self.errors.stream_error(payload, provider=self.provider, endpoint=self.endpoint)
 
     def _filter(self, reason: str, message: str) -> None:
         """Record a policy stop; :meth:`finish` raises it once the stream is over."""

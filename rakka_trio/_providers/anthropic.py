@@ -1,4 +1,4 @@
-"""Anthropic Messages streaming (``POST /v1/messages`` with ``"stream": true``).
+"""Anthropic Messages (``POST /v1/messages`` with ``"stream": true``).
 
 Event flow: ``message_start``, then per content block ``content_block_start``,
 ``content_block_delta``\\* and ``content_block_stop``, then ``message_delta`` (stop reason and
@@ -9,13 +9,37 @@ failure (``overloaded_error``, ``rate_limit_error``, ``api_error`` ...) inside t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._chunks import Citation, StreamChunk, ToolCallDelta, Usage
 from .._sse import SSEEvent
 from ._base import StreamAdapter, as_int, as_map, as_str, opt_int
+from ._classify import ErrorClassifier
+from ._provider import HttpCall, Provider, function_specs, join_versioned, sampling, split_system
+from ._ratelimit import HeaderNames, RateLimitHint, read_hints
 
-__all__ = ["AnthropicAdapter"]
+if TYPE_CHECKING:
+    from .._credentials import Secret
+    from .._request import ChatRequest
+
+__all__ = ["AnthropicAdapter", "AnthropicProvider"]
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; other providers don't
+_RATE_LIMIT_HEADERS = tuple(
+    HeaderNames(
+        dimension,
+        f"anthropic-ratelimit-{infix}-limit",
+        f"anthropic-ratelimit-{infix}-remaining",
+        f"anthropic-ratelimit-{infix}-reset",
+    )
+    for dimension, infix in (
+        ("requests", "requests"),
+        ("tokens", "tokens"),
+        ("input_tokens", "input-tokens"),
+        ("output_tokens", "output-tokens"),
+    )
+)
 
 _STOP = {
     "end_turn": "stop",
@@ -30,6 +54,7 @@ _USAGE_FIELDS = (
     "output_tokens",
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
+    "thinking_tokens",
 )
 
 
@@ -58,27 +83,41 @@ class AnthropicAdapter(StreamAdapter):
     Deltas: ``text_delta`` → ``text``, ``thinking_delta`` → ``thinking``, ``signature_delta``
     → ``thinking_signature``, ``citations_delta`` → ``citations``, ``input_json_delta`` of a
     ``tool_use`` block → ``tool_calls`` (server-side tool blocks are not the caller's to run
-    and are skipped). Usage starts from ``message_start`` (input and cache tokens) and is
-    updated by each cumulative ``message_delta``. The end marker is ``message_stop``.
+    and are skipped); a ``redacted_thinking`` block becomes one ``redacted_thinking`` chunk.
+    Usage starts from ``message_start`` (input and cache tokens; delivered as a usage chunk at
+    once, so a stream that fails midway still reports it) and is updated by each cumulative
+    ``message_delta``; ``usage.output_tokens_details.thinking_tokens`` is the reasoning part.
+    The end marker is ``message_stop``.
     """
 
     default_provider = "anthropic"
 
-    def __init__(self, *, provider: str | None = None, endpoint: str | None = None) -> None:
-        super().__init__(provider=provider, endpoint=endpoint)
+    def __init__(
+        self,
+        *,
+        provider: str | None = None,
+        endpoint: str | None = None,
+        errors: ErrorClassifier | None = None,
+    ) -> None:
+        super().__init__(provider=provider, endpoint=endpoint, errors=errors)
         self._counts: dict[str, int] = dict.fromkeys(_USAGE_FIELDS, 0)
         self._tools: dict[int, int] = {}  # content block index -> tool-call ordinal
 
     def _update_usage(self, raw: Any) -> Usage:
         counts = self._counts
-        for key, value in as_map(raw).items():
+        usage = as_map(raw)
+        details = as_map(usage.get("output_tokens_details"))
+        for key, value in (*usage.items(), *details.items()):
             if key in counts and isinstance(value, int) and not isinstance(value, bool):
                 counts[key] = value  # message_delta counts are cumulative: replace, never add
         cache_read = counts["cache_read_input_tokens"]
         cache_write = counts["cache_creation_input_tokens"]
         inp = counts["input_tokens"] + cache_read + cache_write
         out = counts["output_tokens"]
-        self.usage = Usage(inp, out, cache_read, 0, inp + out, cache_creation_tokens=cache_write)
+        thinking = counts["thinking_tokens"]
+        self.usage = Usage(
+            inp, out, cache_read, thinking, inp + out, cache_creation_tokens=cache_write
+        )
         return self.usage
 
     def feed(self, event: SSEEvent) -> list[StreamChunk]:
@@ -104,8 +143,8 @@ class AnthropicAdapter(StreamAdapter):
                 self.response_id = message["id"]
             if isinstance(message.get("model"), str):
                 self.model = message["model"]
-            self._update_usage(message.get("usage"))
-            return []
+            usage = self._update_usage(message.get("usage"))
+            return [StreamChunk(usage=usage, raw_event=event)]
         if kind == "message_delta":
             usage = self._update_usage(obj.get("usage"))
             raw = as_str(as_map(obj.get("delta")).get("stop_reason")) or None
@@ -147,6 +186,10 @@ class AnthropicAdapter(StreamAdapter):
                 return [
                     StreamChunk(thinking=thinking, thinking_signature=signature, raw_event=event)
                 ]
+        elif kind == "redacted_thinking":
+            data = as_str(block.get("data"))
+            if data:
+                return [StreamChunk(redacted_thinking=data, raw_event=event)]
         return []
 
     def _delta(self, index: int, delta: Mapping[str, Any], event: SSEEvent) -> list[StreamChunk]:
@@ -168,3 +211,54 @@ class AnthropicAdapter(StreamAdapter):
             citation = _citation(as_map(delta.get("citation")))
             return [StreamChunk(citations=(citation,), raw_event=event)]
         return []
+
+
+class AnthropicProvider(Provider):
+    """Anthropic Messages: ``{base_url}/v1/messages``, ``x-api-key`` and ``anthropic-version``
+    headers, ``anthropic-ratelimit-*`` headers; system messages become ``system``, function
+    tools become ``input_schema`` tools, ``max_tokens`` defaults to 1024 (it is required)."""
+
+    def build_request(
+        self, request: ChatRequest, *, base_url: str, model: str, options: Mapping[str, str]
+    ) -> HttpCall:
+        """``POST {base_url}/v1/messages`` (``/v1`` added unless the base URL has it)."""
+        system, rest = split_system(request.messages)
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": rest,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+            "stream": True,
+        }
+        if system:
+            body["system"] = system
+        if request.tools:
+            body["tools"] = [
+                {
+                    "name": s["name"],
+                    "description": s["description"],
+                    "input_schema": s["parameters"],
+                }
+                for s in function_specs(request.tools)
+            ]
+        if request.stop:
+            body["stop_sequences"] = request.stop
+        sampling(body, request)
+        body.update(request.extra)
+        return HttpCall(url=join_versioned(base_url, versioned="v1", path="/messages"), json=body)
+
+    def auth_headers(self, secret: Secret | None, *, options: Mapping[str, str]) -> dict[str, str]:
+        """``anthropic-version`` always; ``x-api-key`` with a credential."""
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if secret is not None:
+            headers["x-api-key"] = secret.get_secret_value()
+        return headers
+
+    def rate_limit_hints(
+        self, headers: Mapping[str, str], *, wall: float | None = None
+    ) -> dict[str, RateLimitHint]:
+        """``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-*``."""
+        return read_hints(headers, _RATE_LIMIT_HEADERS, wall=wall)
+
+    def stream_adapter(self, *, endpoint: str | None = None) -> AnthropicAdapter:
+        """A Messages stream adapter."""
+        return AnthropicAdapter(provider=self.name, endpoint=endpoint, errors=self.errors)

@@ -1,4 +1,4 @@
-"""Gemini streaming (``models/{model}:streamGenerateContent?alt=sse``).
+"""Gemini (``models/{model}:streamGenerateContent?alt=sse``).
 
 Every event is a whole ``GenerateContentResponse`` carrying the next slice of each candidate.
 There is no end marker: the stream simply ends (EOF) after the event whose candidate has a
@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._chunks import Citation, StreamChunk, ToolCallDelta, Usage
 from .._sse import SSEEvent
 from ._base import StreamAdapter, as_int, as_map, as_str, opt_int
+from ._classify import ErrorClassifier
+from ._provider import HttpCall, Provider, function_specs, join_versioned, split_system
 
-__all__ = ["GeminiAdapter", "gemini_usage"]
+if TYPE_CHECKING:
+    from .._credentials import Secret
+    from .._request import ChatRequest
+
+__all__ = ["GeminiAdapter", "GeminiProvider", "gemini_usage"]
 
 # finishReason values meaning the output was withheld or cut for policy reasons.
 _FILTER_REASONS = frozenset(
@@ -51,8 +57,9 @@ class GeminiAdapter(StreamAdapter):
 
     Text parts become ``text`` (``thought: true`` parts become ``thinking``), ``functionCall``
     parts arrive whole and become one :class:`ToolCallDelta` each with the JSON-encoded
-    arguments, ``thoughtSignature`` becomes ``thinking_signature``, citation sources become
-    ``citations`` and ``usageMetadata`` becomes ``usage`` (when it changed).
+    arguments, ``thoughtSignature`` becomes ``thinking_signature`` (on a ``functionCall`` part:
+    that call's ``signature``), citation sources and grounding supports (``google_search``)
+    become ``citations`` and ``usageMetadata`` becomes ``usage`` (when it changed).
 
     A policy ``finishReason`` (``SAFETY``, ``RECITATION``, ``PROHIBITED_CONTENT``,
     ``BLOCKLIST``, ``SPII`` ...) or ``promptFeedback.blockReason`` makes :meth:`finish` raise
@@ -62,10 +69,17 @@ class GeminiAdapter(StreamAdapter):
 
     default_provider = "gemini"
 
-    def __init__(self, *, provider: str | None = None, endpoint: str | None = None) -> None:
-        super().__init__(provider=provider, endpoint=endpoint)
+    def __init__(
+        self,
+        *,
+        provider: str | None = None,
+        endpoint: str | None = None,
+        errors: ErrorClassifier | None = None,
+    ) -> None:
+        super().__init__(provider=provider, endpoint=endpoint, errors=errors)
         self._tool_count = 0
         self._called: set[int] = set()  # candidates that made a function call
+        self._grounded: set[tuple[Any, ...]] = set()  # grounding citations already emitted
 
     def feed(self, event: SSEEvent) -> list[StreamChunk]:
         """Interpret one streamed ``GenerateContentResponse``."""
@@ -105,6 +119,7 @@ class GeminiAdapter(StreamAdapter):
             part = as_map(raw_part)
             if isinstance(part.get("text"), str):
                 (thinking if part.get("thought") is True else text).append(part["text"])
+            part_signature = as_str(part.get("thoughtSignature")) or None
             call = part.get("functionCall")
             if isinstance(call, Mapping):
                 calls.append(
@@ -113,12 +128,13 @@ class GeminiAdapter(StreamAdapter):
                         as_str(call.get("id")) or None,
                         as_str(call.get("name")) or None,
                         json.dumps(call.get("args") or {}, ensure_ascii=False),
+                        signature=part_signature,  # goes back in the same part as the call
                     )
                 )
                 self._tool_count += 1
                 self._called.add(index)
-            if isinstance(part.get("thoughtSignature"), str):
-                signature.append(part["thoughtSignature"])
+            elif part_signature is not None:
+                signature.append(part_signature)
         sources = as_map(cand.get("citationMetadata")).get("citationSources") or ()
         citations = tuple(
             Citation(
@@ -130,7 +146,7 @@ class GeminiAdapter(StreamAdapter):
                 raw=src,
             )
             for src in map(as_map, sources)
-        )
+        ) + self._grounding(as_map(cand.get("groundingMetadata")))
         raw = as_str(cand.get("finishReason")) or None
         finish = None
         if raw is not None and raw != "FINISH_REASON_UNSPECIFIED":
@@ -159,3 +175,84 @@ class GeminiAdapter(StreamAdapter):
         )
         empty = not (chunk.text or chunk.thinking or chunk.thinking_signature or calls or citations)
         return None if empty and finish is None else chunk
+
+    def _grounding(self, meta: Mapping[str, Any]) -> tuple[Citation, ...]:
+        """One citation per (supported text segment, web source it cites), each only once
+        (the metadata may be repeated on later events)."""
+        sources = [as_map(as_map(c).get("web")) for c in meta.get("groundingChunks") or ()]
+        out: list[Citation] = []
+        for raw in meta.get("groundingSupports") or ():
+            support = as_map(raw)
+            segment = as_map(support.get("segment"))
+            for number in support.get("groundingChunkIndices") or ():
+                if not isinstance(number, int) or not 0 <= number < len(sources):
+                    continue
+                web = sources[number]
+                start, end = opt_int(segment.get("startIndex")), opt_int(segment.get("endIndex"))
+                key = (start, end, number, as_str(web.get("uri")))
+                if key in self._grounded:
+                    continue
+                self._grounded.add(key)
+                out.append(
+                    Citation(
+                        kind="grounding",
+                        cited_text=as_str(segment.get("text")) or None,
+                        title=as_str(web.get("title")) or None,
+                        url=as_str(web.get("uri")) or None,
+                        start_index=start,
+                        end_index=end,
+                        raw={"segment": segment, "source": web},
+                    )
+                )
+        return tuple(out)
+
+
+class GeminiProvider(Provider):
+    """Gemini API: ``{base_url}/v1beta/models/{model}:streamGenerateContent?alt=sse``,
+    ``x-goog-api-key``; messages become ``contents`` (assistant → ``model``), system messages
+    ``systemInstruction``, sampling and ``max_tokens`` go to ``generationConfig``, function
+    tools to ``functionDeclarations``. No rate-limit headers."""
+
+    def build_request(
+        self, request: ChatRequest, *, base_url: str, model: str, options: Mapping[str, str]
+    ) -> HttpCall:
+        """``POST .../models/{model}:streamGenerateContent?alt=sse`` (``/v1beta`` added
+        unless the base URL has a version)."""
+        system, rest = split_system(request.messages)
+        body: dict[str, Any] = {
+            "contents": [
+                {
+                    "role": "model" if m["role"] == "assistant" else "user",
+                    "parts": [{"text": str(m.get("content", ""))}],
+                }
+                for m in rest
+            ]
+        }
+        if system:
+            body["systemInstruction"] = {"parts": [{"text": system}]}
+        config: dict[str, Any] = {}
+        if request.max_tokens is not None:
+            config["maxOutputTokens"] = request.max_tokens
+        if request.temperature is not None:
+            config["temperature"] = request.temperature
+        if request.top_p is not None:
+            config["topP"] = request.top_p
+        if request.stop:
+            config["stopSequences"] = request.stop
+        if config:
+            body["generationConfig"] = config
+        if request.tools:
+            body["tools"] = [{"functionDeclarations": function_specs(request.tools)}]
+        body.update(request.extra)
+        url = join_versioned(
+            base_url, versioned="v1beta", path=f"/models/{model}:streamGenerateContent"
+        )
+        return HttpCall(url=url, json=body, params={"alt": "sse"})
+
+    def auth_headers(self, secret: Secret | None, *, options: Mapping[str, str]) -> dict[str, str]:
+        """``x-goog-api-key`` with a credential."""
+        return {} if secret is None else {"x-goog-api-key": secret.get_secret_value()}
+
+    def stream_adapter(self, *, endpoint: str | None = None) -> GeminiAdapter:
+        """A ``streamGenerateContent`` adapter."""
+        return GeminiAdapter(provider=self.name, endpoint=endpoint, errors=self.errors)

@@ -1,21 +1,51 @@
-"""OpenAI chat completions streaming (``POST /v1/chat/completions`` with ``stream: true``).
+"""OpenAI chat completions (``POST /v1/chat/completions`` with ``stream: true``).
 
-Also used for OpenAI-compatible servers (vLLM, LiteLLM, Ollama, DeepSeek ...), which share the
-chunk shape and add a few fields (``reasoning_content``) and error forms (``{"object":
-"error"}``, ``event: error``).
+The adapter also serves OpenAI-compatible servers (vLLM, LiteLLM, Ollama, DeepSeek ...), which
+share the chunk shape and add a few fields (``reasoning_content``) and error forms
+(``{"object": "error"}``, ``event: error``); see ``openai_compatible.py`` and
+``azure_openai.py`` for the providers built on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._chunks import Citation, StreamChunk, ToolCallDelta, Usage
 from .._errors import StreamError
 from .._sse import SSEEvent
 from ._base import StreamAdapter, as_int, as_map, as_str, opt_int
+from ._classify import ErrorClassifier
+from ._provider import HttpCall, Provider, sampling
+from ._ratelimit import HeaderNames, RateLimitHint, read_hints
 
-__all__ = ["OpenAIChatAdapter", "openai_usage", "prepare_openai_stream_body"]
+if TYPE_CHECKING:
+    from .._request import ChatRequest
+
+__all__ = [
+    "OPENAI_RATE_LIMIT_HEADERS",
+    "OpenAIChatAdapter",
+    "OpenAIChatProvider",
+    "chat_body",
+    "openai_usage",
+    "prepare_openai_stream_body",
+]
+
+OPENAI_RATE_LIMIT_HEADERS = (
+    HeaderNames(
+        "requests",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ),
+    HeaderNames(
+        "tokens",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    ),
+)
+"""OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers."""
 
 _FINISH = {
     "stop": "stop",
@@ -79,7 +109,9 @@ class OpenAIChatAdapter(StreamAdapter):
     servers that omit it) a stream that reached a ``finish_reason`` also counts as complete.
     ``{"error": {...}}`` chunks (and ``event: error``) raise the classified error. The usage
     chunk requested by ``stream_options.include_usage`` (empty ``choices``) yields a chunk with
-    only ``usage`` set.
+    only ``usage`` set. ``reasoning_fields`` are the delta fields read as ``thinking``, first
+    non-empty wins (OpenAI itself streams none; compatible servers use ``reasoning_content``
+    or ``reasoning``).
     """
 
     default_provider = "openai"
@@ -89,10 +121,13 @@ class OpenAIChatAdapter(StreamAdapter):
         *,
         provider: str | None = None,
         endpoint: str | None = None,
+        errors: ErrorClassifier | None = None,
         require_done: bool = True,
+        reasoning_fields: tuple[str, ...] = (),
     ) -> None:
-        super().__init__(provider=provider, endpoint=endpoint)
+        super().__init__(provider=provider, endpoint=endpoint, errors=errors)
         self.require_done = require_done
+        self.reasoning_fields = reasoning_fields
 
     def feed(self, event: SSEEvent) -> list[StreamChunk]:
         """Interpret one chunk event."""
@@ -114,6 +149,7 @@ class OpenAIChatAdapter(StreamAdapter):
             self.response_id = obj["id"]
         if isinstance(obj.get("model"), str):
             self.model = obj["model"]
+        self._inspect(obj)
         chunks: list[StreamChunk] = []
         for raw_choice in obj.get("choices") or ():
             chunk = self._choice(as_map(raw_choice), event)
@@ -153,11 +189,15 @@ class OpenAIChatAdapter(StreamAdapter):
             self.finish_reason = finish
             self.raw_finish_reason = raw_finish
             if finish == "content_filter":
-                self._filter(raw_finish, "output stopped by the provider's content filter")
+                self._filter(self.filter_reason(choice), "output stopped by the content filter")
+        thinking = ""
+        for name in self.reasoning_fields:
+            thinking = as_str(delta.get(name))
+            if thinking:
+                break
         chunk = StreamChunk(
             text=as_str(delta.get("content")),
-            # reasoning_content: DeepSeek, vLLM, LiteLLM; reasoning: OpenRouter, Ollama
-            thinking=as_str(delta.get("reasoning_content")) or as_str(delta.get("reasoning")),
+            thinking=thinking,
             refusal=as_str(delta.get("refusal")),
             tool_calls=tuple(tool_calls),
             citations=_citations(delta),
@@ -182,3 +222,52 @@ class OpenAIChatAdapter(StreamAdapter):
         if not self.require_done and self.finish_reason is not None:
             self.done = True
         return super().finish()
+
+    # --- hooks for providers built on this adapter -------------------------------------------
+
+    def _inspect(self, chunk: Mapping[str, Any]) -> None:
+        """Look at each chunk object before its choices are read (e.g. filter results)."""
+
+    def filter_reason(self, choice: Mapping[str, Any]) -> str:
+        """The ``ContentFiltered.reason`` for a choice that finished with ``content_filter``."""
+        return "content_filter"
+
+
+def chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
+    """The chat completions body for ``request``, streaming with usage, extras merged."""
+    body: dict[str, Any] = {"model": model, "messages": request.messages}
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.tools:
+        body["tools"] = request.tools
+    if request.tool_choice is not None:
+        body["tool_choice"] = request.tool_choice
+    if request.stop:
+        body["stop"] = request.stop
+    sampling(body, request)
+    body.update(request.extra)
+    # After the extras: streaming with usage is what the limiter and breaker rely on.
+    return prepare_openai_stream_body(body)
+
+
+class OpenAIChatProvider(Provider):
+    """OpenAI chat completions: ``{base_url}/chat/completions``, ``Authorization: Bearer``,
+    ``x-ratelimit-*`` headers, a stream that must end with ``[DONE]``."""
+
+    def build_request(
+        self, request: ChatRequest, *, base_url: str, model: str, options: Mapping[str, str]
+    ) -> HttpCall:
+        """``POST {base_url}/chat/completions`` with the chat body."""
+        return HttpCall(
+            url=f"{base_url.rstrip('/')}/chat/completions", json=chat_body(request, model)
+        )
+
+    def rate_limit_hints(
+        self, headers: Mapping[str, str], *, wall: float | None = None
+    ) -> dict[str, RateLimitHint]:
+        """OpenAI's ``x-ratelimit-*`` headers."""
+        return read_hints(headers, OPENAI_RATE_LIMIT_HEADERS, wall=wall)
+
+    def stream_adapter(self, *, endpoint: str | None = None) -> OpenAIChatAdapter:
+        """A strict chat completions adapter."""
+        return OpenAIChatAdapter(provider=self.name, endpoint=endpoint, errors=self.errors)

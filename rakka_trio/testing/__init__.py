@@ -1,8 +1,9 @@
 """Testing helpers for rakka-trio users and its own test suite.
 
 The centrepiece is a loopback **mock LLM provider**: a real HTTP/1.1 server (Trio + h11) that
-speaks OpenAI chat completions, the OpenAI Responses API, Anthropic Messages and Gemini, streaming
-and not, with usage and rate-limit headers, and plays a scriptable fault plan per route::
+speaks OpenAI chat completions, the OpenAI Responses API, Anthropic Messages, Gemini, Azure
+OpenAI deployments and an OpenAI-compatible reasoning server, streaming and not, with usage and
+rate-limit headers, and plays a scriptable fault plan per route::
 
     import trio
     from rakka_trio.testing import Fault, MockProvider, serve_mock_provider
@@ -28,8 +29,8 @@ from ._mock_provider import (
     RecordedRequest,
     serve_mock_provider,
 )
+from ._plan import ROUTES, Route
 from ._server import MockServer, MockServerLimits
-from ._shapes import ROUTES, Route
 
 __all__ = [
     "ROUTES",

@@ -16,7 +16,7 @@ from typing import Final, Literal
 
 import attrs
 
-from ._shapes import ROUTES, Route
+from ._plan import ROUTES, Route
 
 __all__ = ["Fault", "FaultKind", "FaultPlan", "FaultRule", "RouteSelector"]
 
@@ -32,7 +32,9 @@ FaultKind = Literal[
     "connection_reset",
     "content_filter",
 ]
-RouteSelector = Literal["openai", "openai-responses", "anthropic", "gemini", "*"]
+RouteSelector = Literal[
+    "openai", "openai-responses", "anthropic", "gemini", "azure-openai", "openai-compatible", "*"
+]
 _SELECTORS: Final = (*ROUTES, "*")
 
 
@@ -185,8 +187,9 @@ class Fault:
         after_chunks: int, error_type: str | None = None, message: str | None = None
     ) -> Fault:
         """After ``after_chunks`` chunks, send the provider's in-stream error and end the stream:
-        OpenAI ``data: {"error": ...}``, Responses ``error`` + ``response.failed``, Anthropic
-        ``event: error``, Gemini ``data: {"error": ...}``.
+        OpenAI (and Azure, and the compatible server) ``data: {"error": ...}``, Responses
+        ``error`` + ``response.failed``, Anthropic ``event: error``, Gemini
+        ``data: {"error": ...}``.
 
         ``error_type`` is in the route's vocabulary (``"server_error"``, ``"overloaded_error"``,
         ``"UNAVAILABLE"`` ...); ``None`` picks the provider's commonest (OpenAI
@@ -214,11 +217,14 @@ class Fault:
         """The provider's safety system stops the answer.
 
         ``stage="output"``: ``after_chunks`` chunks go out, then the answer ends as filtered:
-        OpenAI ``finish_reason: "content_filter"``, Responses ``response.incomplete`` with reason
+        OpenAI ``finish_reason: "content_filter"`` (Azure: with ``violence`` marked filtered in
+        ``content_filter_results``), Responses ``response.incomplete`` with reason
         ``content_filter``, Anthropic ``stop_reason: "refusal"``, Gemini ``finishReason: "SAFETY"``.
         ``stage="prompt"``: the prompt is refused: OpenAI/Responses HTTP 400 with code
-        ``content_filter``, Gemini ``promptFeedback.blockReason: "SAFETY"`` (HTTP 200, no
-        candidates), Anthropic a ``refusal`` with no output.
+        ``content_filter`` (Azure: with ``innererror`` ``ResponsibleAIPolicyViolation``, ``hate``
+        filtered), Gemini ``promptFeedback.blockReason: "SAFETY"`` (HTTP 200, no candidates),
+        Anthropic a ``refusal`` with no output, the compatible server a ``content_filter``
+        finish with no output.
         """
         if stage not in ("output", "prompt"):
             raise ValueError("stage must be 'output' or 'prompt'")

@@ -64,7 +64,7 @@ async def mock() -> AsyncIterator[MockProvider]:
 def chaos_endpoint(mock: MockProvider, provider: str) -> rk.EndpointConfig:
     return rk.EndpointConfig(
         name=provider,
-        provider=provider,  # type: ignore[arg-type]
+        provider=provider,
         base_url=mock.base_url_for(provider),  # type: ignore[arg-type]
         model="chaos",
         credential=rk.StaticCredential(KEY),
