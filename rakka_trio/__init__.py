@@ -17,6 +17,8 @@ The names come in groups:
 * **accounting** — prices, budgets, metrics and :func:`prometheus_text`;
 * **events** — what subscribers receive;
 * **control plane** — :func:`serve_control` and :func:`open_control_client`;
+* **fleet** — :class:`FleetConfig`, ``sup.fleet`` (:class:`Fleet`), :func:`open_fleet`, the
+  fleet view and command results;
 * **SSE** — the spec-exact :class:`SSEDecoder`;
 * **errors** — one hierarchy under :class:`RakkaError`.
 """
@@ -45,6 +47,7 @@ from ._config import (
     DeploymentConfig,
     EndpointConfig,
     EngineConfig,
+    FleetConfig,
     ModelPrice,
     RateLimits,
     RetryPolicy,
@@ -116,6 +119,22 @@ from ._events import (
     Transition,
 )
 from ._extras import MissingExtra
+from ._fleet import (
+    Fleet,
+    FleetCommandResult,
+    FleetEndpoint,
+    FleetError,
+    FleetEvent,
+    FleetLinkChanged,
+    FleetLinkStatistics,
+    FleetNode,
+    FleetNodeEndpoint,
+    FleetOverride,
+    FleetUnavailable,
+    FleetView,
+    InvalidFleetCommand,
+    open_fleet,
+)
 from ._limits import (
     Cost,
     KeyStatistics,
@@ -193,7 +212,21 @@ __all__ = [
     "Event",
     "EventTooLarge",
     "FileCredential",
+    "Fleet",
+    "FleetCommandResult",
+    "FleetConfig",
+    "FleetEndpoint",
+    "FleetError",
+    "FleetEvent",
+    "FleetLinkChanged",
+    "FleetLinkStatistics",
+    "FleetNode",
+    "FleetNodeEndpoint",
+    "FleetOverride",
+    "FleetUnavailable",
+    "FleetView",
     "Forbidden",
+    "InvalidFleetCommand",
     "KeyStatistics",
     "Lagged",
     "LatencySummary",
@@ -256,6 +289,7 @@ __all__ = [
     "load_config",
     "model_family",
     "open_control_client",
+    "open_fleet",
     "open_supervisor",
     "parse_retry_after",
     "prometheus_text",
