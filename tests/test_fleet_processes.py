@@ -94,7 +94,7 @@ async def wait_ready(nodes: list[Node]) -> list[dict[str, Any]]:
 
 
 async def wait_registered(fleet: rk.Fleet, names: set[str]) -> None:
-    while not names <= set((await fleet.view()).nodes):
+    while not names <= set((await fleet.view()).nodes):  # noqa: ASYNC110 (polls Redis)
         await trio.sleep(0.05)
 
 

@@ -142,6 +142,10 @@ class FleetLink:
         """Unix time the link went down (``None`` while up or before the first attempt)."""
         return self._down_since
 
+    def known_overrides(self) -> dict[str, FleetOverride]:
+        """The fleet overrides this process applied or noted, by endpoint."""
+        return dict(self._known)
+
     def set_control_url(self, url: str | None) -> None:
         """Advertise this node's control server (credentials and query are stripped)."""
         self.control_url = _safe_url(url)

@@ -199,18 +199,30 @@ async def read_view(link: FleetLink) -> FleetView:
 
 
 def _stale_view(link: FleetLink) -> FleetView:
-    since = link.down_since if link.down_since is not None else time.time()
-    if link.last_view is not None:
-        return attrs.evolve(link.last_view, link_up=False, link_down_since=since, fresh=False)
-    view = build_view(
-        fleet=link.config.name,
-        records=(),
-        overrides={},
-        now=time.time(),
+    """The last view read, marked stale; a node shows the overrides it holds (the last it
+    knew), which may be newer than that view."""
+    now = time.time()
+    since = link.down_since if link.down_since is not None else now
+    view = link.last_view
+    if view is None:
+        view = build_view(
+            fleet=link.config.name,
+            records=(),
+            overrides={},
+            now=now,
+            link_up=False,
+            link_down_since=since,
+        )
+    overrides = dict(view.overrides)
+    if link.role == "node":
+        overrides = {name: o for name, o in link.known_overrides().items() if o.active(now)}
+    return attrs.evolve(
+        view,
         link_up=False,
         link_down_since=since,
+        fresh=False,
+        overrides=MappingProxyType(overrides),
     )
-    return attrs.evolve(view, fresh=False)
 
 
 async def read_recent_events(link: FleetLink, count: int) -> list[FleetEvent]:

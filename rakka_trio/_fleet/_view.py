@@ -205,10 +205,11 @@ def build_view(
         else:
             nodes[node.node_id] = node
     active: dict[str, FleetOverride] = {}
-    for raw in overrides.values():
+    for field, raw in overrides.items():
+        name = field.decode("utf-8", "replace") if isinstance(field, bytes) else str(field)
         override = FleetOverride.from_raw(raw)
-        if override is not None and override.active(now):
-            active[override.endpoint] = override
+        if override is not None and override.endpoint == name and override.active(now):
+            active[name] = override
     per_endpoint: dict[str, dict[str, FleetNodeEndpoint]] = {}
     for node_id in sorted(nodes):
         for name, fig in nodes[node_id].endpoints.items():
