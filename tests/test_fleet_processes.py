@@ -118,6 +118,8 @@ async def test_force_open_reaches_all_three_within_a_second_and_reset_clears_all
             assert result.nodes_acked == ("node-0", "node-1", "node-2")
             assert result.nodes_missing == ()
             assert result.complete
+            delays = {n: round(at - result.issued_at, 4) for n, at in result.acks.items()}
+            print(f"applied after (s): {delays}")
             for node in nodes:
                 assert result.acks[node.name] - result.issued_at <= APPLY_BOUND
                 seen = await node.transition("primary", "forced_open")

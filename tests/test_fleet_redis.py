@@ -141,10 +141,12 @@ async def test_a_fleet_command_is_stored_broadcast_acked_and_audited(
     with trio.fail_after(20):
         async with nodes(configs) as sups:
             await registered(sups[0].fleet, 3)
-            result = await sups[1].fleet.disable("a", 60.0, "provider says fine", actor="carol")
+            reason = "provider says fine (key sk-proj-leakedkey12345)"
+            result = await sups[1].fleet.disable("a", 60.0, reason, actor="carol")
             assert result.nodes_acked == ("n0", "n1", "n2")
             assert result.nodes_missing == () and result.absent_on == ()
             assert result.override.origin == "n1" and result.override.actor == "carol"
+            assert result.override.reason == "provider says fine (key ***)"
             for sup in sups:
                 assert sup.breaker("a").state is rk.BreakerState.DISABLED
                 assert sup.breaker("b").state is rk.BreakerState.CLOSED
@@ -158,18 +160,20 @@ async def test_a_fleet_command_is_stored_broadcast_acked_and_audited(
             assert [(e.node, e.fields["scope"], e.fields["actor"]) for e in commands] == [
                 ("n1", "fleet", "carol")
             ]
-            assert commands[0].fields["reason"] == "provider says fine"
+            assert commands[0].fields["reason"] == "provider says fine (key ***)"
             transitions = {e.node for e in events if e.kind == "transition"}
             assert transitions == {"n0", "n1", "n2"}
-            # A node-scope command is audited in the fleet stream too.
+            # A node-scope command is audited in the fleet stream too; a console tails the
+            # stream from the last id it saw.
             sups[0].force_open("b", 30.0, "local test", actor="dave")
             await trio.sleep(1.2)
-            local = [
-                e
-                for e in await sups[2].fleet.recent_events()
-                if e.kind == "command" and e.fields["scope"] == "node"
+            newer = await sups[2].fleet.recent_events(after=events[-1].id)
+            assert [(e.kind, e.node, e.endpoint) for e in newer] == [
+                ("command", "n0", "b"),
+                ("transition", "n0", "b"),
             ]
-            assert [(e.node, e.endpoint, e.fields["actor"]) for e in local] == [("n0", "b", "dave")]
+            assert newer[0].fields["scope"] == "node" and newer[0].fields["actor"] == "dave"
+            assert await sups[2].fleet.recent_events(after=newer[-1].id) == []
 
 
 async def test_overrides_expire_by_themselves(redis_server: RedisServer) -> None:

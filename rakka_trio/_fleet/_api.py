@@ -20,6 +20,7 @@ import trio
 from .._breaker import check_duration
 from .._config import FleetConfig
 from .._extras import require
+from .._redact import redact
 from ._errors import FleetError, InvalidFleetCommand
 from ._host import SupervisorHost
 from ._records import MAX_ACTOR, MAX_REASON, FleetOverride, new_command_id
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Fleet", "fleet_for_supervisor", "no_fleet_error", "open_fleet"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+_STREAM_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 
 
 class Fleet:
@@ -138,8 +140,9 @@ class Fleet:
             issued_at=now,
             until=None if duration is None else now + duration,
             duration=None if duration is None else float(duration),
-            reason=reason,
-            actor=actor,
+            # Operator text reaches every node, the stream and consoles: never a credential.
+            reason=None if reason is None else redact(reason),
+            actor=redact(actor),
             origin=self._link.node_id,
         )
         expected, acks = await issue_command(self._link, override, float(wait))
@@ -166,13 +169,19 @@ class Fleet:
 
         return await read_view(self._link)
 
-    async def recent_events(self, count: int = 200) -> list[FleetEvent]:
-        """The last ``count`` transitions and commands of the whole fleet, oldest first."""
+    async def recent_events(
+        self, count: int = 200, *, after: str | None = None
+    ) -> list[FleetEvent]:
+        """Transitions and commands of the whole fleet, oldest first: the last ``count``, or
+        with ``after`` (a :attr:`FleetEvent.id`) the first ``count`` that came after it — a
+        console tails the stream by passing the last id it saw."""
         if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= 10_000:
             raise InvalidFleetCommand(f"count must be an integer in 1..10000, got {count!r}")
+        if after is not None and not (isinstance(after, str) and _STREAM_ID_RE.match(after)):
+            raise InvalidFleetCommand(f"after must be a stream entry id, got {after!r}")
         from ._operator import read_recent_events
 
-        return await read_recent_events(self._link, count)
+        return await read_recent_events(self._link, count, after)
 
     def statistics(self) -> FleetLinkStatistics:
         """This process's link: up or down since when, commands sent, overrides known."""

@@ -501,19 +501,19 @@ class FleetLink:
         )
 
     async def _gather_events(self, subscription: Subscription) -> None:
-        """Keep this node's transitions and node-scope commands for the audit stream."""
-        async with subscription:
-            async for event in subscription:
-                if isinstance(event, Lagged):
-                    self._events_dropped += event.dropped
-                    continue
-                fields = self._stream_fields(event)
-                if fields is None:
-                    continue
-                if len(self._events) >= PENDING_EVENTS:
-                    self._events.popleft()
-                    self._events_dropped += 1
-                self._events.append(fields)
+        """Keep this node's transitions and node-scope commands for the audit stream. (The
+        subscription outlives a restart of this task; the supervisor closes it.)"""
+        async for event in subscription:
+            if isinstance(event, Lagged):
+                self._events_dropped += event.dropped
+                continue
+            fields = self._stream_fields(event)
+            if fields is None:
+                continue
+            if len(self._events) >= PENDING_EVENTS:
+                self._events.popleft()
+                self._events_dropped += 1
+            self._events.append(fields)
 
     def _stream_fields(self, event: Event) -> dict[str, str] | None:
         base = {"node": self.node_id, "at": repr(event.wall)}

@@ -225,11 +225,17 @@ def _stale_view(link: FleetLink) -> FleetView:
     )
 
 
-async def read_recent_events(link: FleetLink, count: int) -> list[FleetEvent]:
-    """The last ``count`` entries of the audit stream, oldest first."""
+async def read_recent_events(link: FleetLink, count: int, after: str | None) -> list[FleetEvent]:
+    """The last ``count`` entries of the audit stream (or the first ``count`` after the entry
+    ``after``), oldest first."""
     client = _require_client(link)
     try:
-        entries = await client.xrevrange(link.keys.events, "+", "-", count=count)
+        if after is None:
+            entries = tuple(
+                reversed(await client.xrevrange(link.keys.events, "+", "-", count=count))
+            )
+        else:  # "(" makes the start exclusive
+            entries = await client.xrange(link.keys.events, f"({after}", "+", count=count)
     except BaseException as exc:
         error = redis_failure(exc)
         if error is None:
@@ -237,7 +243,7 @@ async def read_recent_events(link: FleetLink, count: int) -> list[FleetEvent]:
         raise FleetUnavailable(f"fleet {link.config.name!r}: {error}") from None
     link.commands_sent += 1
     out: list[FleetEvent] = []
-    for entry in reversed(entries):
+    for entry in entries:
         event = _fleet_event(entry)
         if event is not None:
             out.append(event)
