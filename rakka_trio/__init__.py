@@ -19,6 +19,8 @@ The names come in groups:
 * **events** — what subscribers receive;
 * **control plane** — :func:`serve_control` and :func:`open_control_client`;
 * **shutdown** — :func:`shutdown_on_signals` for a graceful stop on SIGTERM/SIGINT;
+* **fleet** — :class:`FleetConfig`, ``sup.fleet`` (:class:`Fleet`), :func:`open_fleet`, the
+  fleet view and command results;
 * **SSE** — the spec-exact :class:`SSEDecoder`;
 * **errors** — one hierarchy under :class:`RakkaError`.
 """
@@ -48,6 +50,7 @@ from ._config import (
     DeploymentConfig,
     EndpointConfig,
     EngineConfig,
+    FleetConfig,
     ModelPrice,
     RateLimits,
     RetryPolicy,
@@ -118,6 +121,22 @@ from ._events import (
     Transition,
 )
 from ._extras import MissingExtra
+from ._fleet import (
+    Fleet,
+    FleetCommandResult,
+    FleetEndpoint,
+    FleetError,
+    FleetEvent,
+    FleetLinkChanged,
+    FleetLinkStatistics,
+    FleetNode,
+    FleetNodeEndpoint,
+    FleetOverride,
+    FleetUnavailable,
+    FleetView,
+    InvalidFleetCommand,
+    open_fleet,
+)
 from ._limits import (
     Cost,
     KeyStatistics,
@@ -207,8 +226,22 @@ __all__ = [
     "Event",
     "EventTooLarge",
     "FileCredential",
+    "Fleet",
+    "FleetCommandResult",
+    "FleetConfig",
+    "FleetEndpoint",
+    "FleetError",
+    "FleetEvent",
+    "FleetLinkChanged",
+    "FleetLinkStatistics",
+    "FleetNode",
+    "FleetNodeEndpoint",
+    "FleetOverride",
+    "FleetUnavailable",
+    "FleetView",
     "Forbidden",
     "HttpCall",
+    "InvalidFleetCommand",
     "KeyStatistics",
     "Lagged",
     "LatencySummary",
@@ -276,6 +309,7 @@ __all__ = [
     "load_config",
     "model_family",
     "open_control_client",
+    "open_fleet",
     "open_supervisor",
     "parse_retry_after",
     "prometheus_text",

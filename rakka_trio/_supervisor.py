@@ -48,6 +48,7 @@ from ._events import (
     TaskRestarted,
     Transition,
 )
+from ._fleet import Fleet, fleet_for_supervisor, no_fleet_error
 from ._limits import LimiterHandle, LimiterRegistry, LimiterStatistics
 from ._redact import redact
 
@@ -145,6 +146,7 @@ class Supervisor:
         # One price table for endpoints without prices of their own (most of them).
         self._prices = PriceTable(config.prices)
         self._deployments: dict[str, Deployment] = {}
+        self._fleet: Fleet | None = fleet_for_supervisor(self)
 
     # --- endpoints ------------------------------------------------------------------------
 
@@ -157,6 +159,14 @@ class Supervisor:
     def node_id(self) -> str:
         """This process's id in a fleet."""
         return self._config.node_id
+
+    @property
+    def fleet(self) -> Fleet:
+        """This process's fleet (``SupervisorConfig.fleet``): fleet-wide commands and view.
+        Raises :class:`FleetError` when no fleet is configured."""
+        if self._fleet is None:
+            raise no_fleet_error()
+        return self._fleet
 
     @property
     def endpoint_names(self) -> list[str]:
@@ -198,6 +208,8 @@ class Supervisor:
         runtime = _EndpointRuntime(endpoint, engine, meter)
         handle._wake = runtime.wake
         self._runtimes[config.name] = runtime
+        if self._fleet is not None:
+            self._fleet._endpoint_added(config.name)  # a fleet override holds before any call
         self._nursery.start_soon(self._run_endpoint, runtime, name=f"breaker:{config.name}")
         self._bus.publish(EndpointAdded(at=trio.current_time(), endpoint=config.name))
         return runtime.endpoint
@@ -479,6 +491,9 @@ async def open_supervisor(config: SupervisorConfig) -> AsyncIterator[Supervisor]
             sup = Supervisor(config, nursery)
             try:
                 sup._start()
+                if sup._fleet is not None:  # active fleet overrides hold before the first call
+                    await sup._fleet._join()
+                    sup.start_task("fleet", sup._fleet._run)
                 yield sup
             finally:
                 sup._shutdown()

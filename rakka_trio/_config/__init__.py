@@ -1,7 +1,7 @@
 """Configuration: frozen keyword-only attrs classes, validated on construction.
 
-``_classes`` defines them and :func:`load_config`; ``_convert`` is the private cattrs
-converter that loads dicts and TOML and reports every bad field path at once.
+``_classes`` defines them and :func:`load_config` (``_fleet`` the fleet's); ``_convert`` is
+the private cattrs converter that loads dicts and TOML and reports every bad field path at once.
 """
 
 from ._classes import (
@@ -19,6 +19,7 @@ from ._classes import (
     Timeouts,
     load_config,
 )
+from ._fleet import FleetConfig
 
 __all__ = [
     "BreakerConfig",
@@ -27,6 +28,7 @@ __all__ = [
     "DeploymentConfig",
     "EndpointConfig",
     "EngineConfig",
+    "FleetConfig",
     "ModelPrice",
     "Provider",
     "RateLimits",

@@ -20,6 +20,7 @@ import attrs
 from .._credentials import Credential
 from .._errors import ConfigError
 from .._providers import get_provider, provider_names
+from ._fleet import FleetConfig, fleet_config
 
 __all__ = [
     "BreakerConfig",
@@ -501,7 +502,8 @@ class SupervisorConfig:
 
     ``redis_url`` enables shared rate limits (``redis_timeout`` bounds each Redis call);
     ``node_id`` names this process in a fleet
-    (default ``host:pid``). ``event_buffer`` bounds each subscriber's queue (a slow subscriber
+    (default ``host:pid``); ``fleet`` joins one through ``redis_url`` (docs/fleet.md).
+    ``event_buffer`` bounds each subscriber's queue (a slow subscriber
     loses the oldest events and gets a ``Lagged`` marker). A crashed supervised task restarts
     with backoff (``restart_backoff`` doubling to ``restart_backoff_max``) unless it crashed
     more than ``restart_intensity`` times within ``restart_period`` seconds, which fails the
@@ -523,6 +525,7 @@ class SupervisorConfig:
     restart_backoff_max: float = attrs.field(default=5.0, validator=_number(ge=0))
     stats_interval: float = attrs.field(default=1.0, validator=_number(gt=0))
     prices: Mapping[str, ModelPrice] = attrs.field(factory=dict, converter=_prices)
+    fleet: FleetConfig | None = attrs.field(default=None, converter=fleet_config)
 
     def __attrs_post_init__(self) -> None:
         errors: list[tuple[str, str]] = []
@@ -549,6 +552,8 @@ class SupervisorConfig:
                     )
         if self.redis_url is not None and not re.match(r"^rediss?://", self.redis_url):
             errors.append(("redis_url", "must start with redis:// or rediss://"))
+        if self.redis_url is None and self.fleet is not None:
+            errors.append(("fleet", "needs redis_url (the fleet shares its state through Redis)"))
         if self.redis_url is None:
             for i, ep in enumerate(self.endpoints):
                 if isinstance(ep, EndpointConfig) and ep.limits.mode != "local":
