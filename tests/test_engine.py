@@ -5,7 +5,7 @@ is exact (``MockClock(autojump_threshold=0)``); the real-socket paths are in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -66,10 +66,25 @@ class FakeEndpoint:
         self.ended: dict[str, str] = {}
         self.active = 0
         self.peak = 0
+        self.wait = 0.0  # what the rate limiter would make a request wait now
+        self.room = 1.0  # rate-limit headroom
+        self.move_ons: list[Callable[[rk.RakkaError], bool] | None] = []
+
+    def wait_estimate(self, request: rk.ChatRequest) -> float:
+        return self.wait
+
+    def headroom(self) -> float:
+        return self.room
 
     @asynccontextmanager
-    async def stream(self, request: rk.ChatRequest) -> AsyncIterator[FakeStream]:
+    async def stream(
+        self,
+        request: rk.ChatRequest,
+        *,
+        move_on: Callable[[rk.RakkaError], bool] | None = None,
+    ) -> AsyncIterator[FakeStream]:
         label = str(request.messages[0]["content"])
+        self.move_ons.append(move_on)
         self.started.append(label)
         self.active += 1
         self.peak = max(self.peak, self.active)

@@ -24,7 +24,19 @@ Layout: ``_types`` (priorities, outcomes, statistics), ``_job`` (one request on 
 
 from ._deployment import Deployment
 from ._queue import Engine
-from ._submission import Submission
+from ._routing import Router, capacity_error, circuit_refusal
+from ._submission import Submission, SubmitCall
 from ._types import EngineStatistics, Outcome, Priority
 
-__all__ = ["Deployment", "Engine", "EngineStatistics", "Outcome", "Priority", "Submission"]
+__all__ = [
+    "Deployment",
+    "Engine",
+    "EngineStatistics",
+    "Outcome",
+    "Priority",
+    "Router",
+    "Submission",
+    "SubmitCall",
+    "capacity_error",
+    "circuit_refusal",
+]
