@@ -478,13 +478,16 @@ class Endpoint:
 
     async def _read_error_body(self, response: httpx.Response) -> bytes:
         body = bytearray()
-        try:
-            async for part in response.aiter_bytes():
-                body += part
-                if len(body) >= _MAX_ERROR_BODY:
-                    break
-        except httpx.TransportError:
-            pass  # the status says enough; a broken error body must not hide it
+        # Bounded as a whole: the status says enough, so a body (or a close) that never
+        # finishes must not hold the call.
+        with trio.move_on_after(self._config.timeouts.read_gap):
+            try:
+                async for part in response.aiter_bytes():
+                    body += part
+                    if len(body) >= _MAX_ERROR_BODY:
+                        break
+            except httpx.TransportError:
+                pass  # a broken error body must not hide the status
         return bytes(body[:_MAX_ERROR_BODY])
 
     async def _pull(
