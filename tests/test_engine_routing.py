@@ -463,3 +463,60 @@ async def test_endpoint_submit_is_an_async_context_manager(
                 done = await sub2.result()
     assert text == REPLY and done.text == REPLY
     assert sub.outcome is not None and sub.outcome.status == "ok"
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+async def test_deployment_routing_options_are_validated() -> None:
+    with pytest.raises(rk.ConfigError, match="strategy"):
+        rk.DeploymentConfig(name="d", endpoints=["a"], strategy="fastest")  # type: ignore[arg-type]
+    with pytest.raises(rk.ConfigError, match=r"weights\.c"):
+        rk.DeploymentConfig(name="d", endpoints=["a", "b"], weights={"c": 1})
+    with pytest.raises(rk.ConfigError, match=r"weights\.a"):
+        rk.DeploymentConfig(name="d", endpoints=["a", "b"], weights={"a": -1})
+    with pytest.raises(rk.ConfigError, match="above 0"):
+        rk.DeploymentConfig(name="d", endpoints=["a"], weights={"a": 0})
+    cfg = rk.SupervisorConfig.from_dict(
+        {
+            "endpoints": [
+                {"name": n, "provider": "openai", "base_url": "http://x/v1"} for n in ("a", "b")
+            ],
+            "deployments": [
+                {
+                    "name": "d",
+                    "endpoints": ["a", "b"],
+                    "strategy": "weighted",
+                    "weights": {"a": 3},
+                    "failover_on_first_error": True,
+                }
+            ],
+        }
+    )
+    (dep,) = cfg.deployments
+    assert (dep.strategy, dep.weight("a"), dep.weight("b"), dep.failover_on_first_error) == (
+        "weighted",
+        3.0,
+        1.0,
+        True,
+    )
+
+
+async def test_limiter_wait_estimate_says_how_long_without_taking_anything(
+    mocks: tuple[MockProvider, MockProvider],
+) -> None:
+    primary, _ = mocks
+    limits = rk.RateLimits(requests_per_minute=60, requests_burst=1, max_concurrent=1)
+    cfg = rk.SupervisorConfig(endpoints=[endpoint(primary, "p", limits=limits)])
+    with trio.fail_after(10):
+        async with rk.open_supervisor(cfg) as sup:
+            limiter = sup.limiter("p")
+            assert limiter.wait_estimate() == 0.0
+            assert limiter.wait_estimate() == 0.0  # asking took nothing
+            assert limiter.wait_estimate(rk.Cost(requests=2)) == float("inf")  # over the burst
+            assert limiter.try_acquire() == 0.0
+            assert 0.9 <= limiter.wait_estimate() <= 1.0  # 60/min: the next unit in a second
+            async with await limiter.reserve(rk.Cost(requests=0)):
+                assert limiter.wait_estimate(rk.Cost(requests=0)) == float("inf")  # no permit
+            limiter.observe_rate_limited(5.0)
+            assert 4.9 <= limiter.wait_estimate(rk.Cost(requests=0)) <= 5.0  # the 429 pause
