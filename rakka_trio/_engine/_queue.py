@@ -20,6 +20,7 @@ from .._errors import (
 from .._request import ChatRequest
 from ._job import Job, deadline_after, deadline_error, estimate_tokens
 from ._routing import (
+    LATENCY_DECAY,
     LATENCY_FAILURE_SAMPLE,
     LATENCY_MEMORY,
     LATENCY_SMOOTHING,
@@ -75,6 +76,7 @@ class Engine:
         # Routing by latency: a moving average of time to first token, and when it was fed.
         self._ttft: float | None = None
         self._ttft_at = -math.inf
+        self._exploring = False
 
     @property
     def name(self) -> str:
@@ -135,13 +137,21 @@ class Engine:
             return None
         return self._ttft
 
+    def explore(self) -> None:
+        """The ``latency`` strategy sends a request here to measure it again: the result
+        replaces the estimate instead of being averaged into it."""
+        self._exploring = True
+
     def note_latency(self, seconds: float) -> None:
         """Feed one time to first token (or a failure's penalty) to the moving average."""
         now = trio.current_time()
-        if self._ttft is None or now - self._ttft_at > LATENCY_MEMORY:
+        gap = now - self._ttft_at
+        if self._ttft is None or gap > LATENCY_MEMORY or self._exploring:
             self._ttft = seconds
+            self._exploring = False
         else:
-            self._ttft += LATENCY_SMOOTHING * (seconds - self._ttft)
+            weight = max(LATENCY_SMOOTHING, 1.0 - math.exp(-gap / LATENCY_DECAY))
+            self._ttft += weight * (seconds - self._ttft)
         self._ttft_at = now
 
     def refusal(self, request: ChatRequest) -> tuple[RakkaError, str | None] | None:

@@ -35,8 +35,11 @@ if TYPE_CHECKING:
 LATENCY_EXPLORATION = 0.05
 #: Seconds after which an endpoint's latency estimate is forgotten (and it is tried again).
 LATENCY_MEMORY = 30.0
-#: Weight of the newest sample in the moving average of time to first token.
+#: Weight of the newest sample in the moving average of time to first token ...
 LATENCY_SMOOTHING = 0.3
+#: ... growing with the time since the previous one (seconds for about 63 %), so the first
+#: fresh sample of a rarely used endpoint outweighs its old average.
+LATENCY_DECAY = 2.0
 #: The sample a failed call adds to the average (seconds), so a fast failure never looks fast.
 LATENCY_FAILURE_SAMPLE = 5.0
 
@@ -122,5 +125,7 @@ class Router:
         now = trio.current_time()
         ranked = sorted(engines, key=lambda e: e.latency_estimate(now) or 0.0)
         if self._rng.random() < LATENCY_EXPLORATION:
-            ranked.insert(0, ranked.pop(self._rng.randrange(len(ranked))))
+            explored = ranked.pop(self._rng.randrange(len(ranked)))
+            explored.explore()  # its next measurement replaces the old estimate
+            ranked.insert(0, explored)
         return ranked

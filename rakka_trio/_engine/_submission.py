@@ -58,6 +58,8 @@ def _falls_back(exc: BaseException, engine: Engine, request: ChatRequest) -> boo
         return False
     if isinstance(exc, Timeout) and exc.phase == "deadline":
         return False  # the request's own time is up: no endpoint can help
+    if capacity_error(exc):
+        return True  # no capacity on that server (even if it says not to retry *there*)
     # The endpoint's retries are exhausted (or it was not worth retrying there), or its
     # account is out of quota: another endpoint may well serve it.
     return isinstance(exc, QuotaExhausted) or (isinstance(exc, ProviderError) and exc.retryable)
