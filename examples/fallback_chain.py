@@ -7,8 +7,9 @@ the first 1.5 seconds every call to the primary gets a 503. Users stream request
 ``chat`` deployment the whole time: failed calls move on to the backup, the primary's breaker
 opens so later requests skip it without sending anything, and once the storm is over a
 half-open probe closes the breaker and traffic returns to the primary. The report at the end
-counts outcomes, who served what, fallbacks and breaker trips, then prints a few Prometheus
-lines.
+counts outcomes, who served what, every attempt by its own outcome (the storm shows as 5xx
+attempts on the primary even though no user request failed), fallbacks and breaker trips,
+then prints a few Prometheus lines.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ async def main() -> dict[str, object]:
                     transitions.append(f"{event.from_state} -> {event.to_state} ({event.cause})")
             stats = dep.statistics()
             primary = sup.breaker("primary").statistics()
+            attempts = {}
+            for name, ep in sup.statistics().endpoints.items():
+                assert ep.metrics is not None
+                attempts[name] = {k: v for k, v in ep.metrics.attempts.items() if v}
             metrics_text = rk.prometheus_text(sup)
         nursery.cancel_scope.cancel()
 
@@ -100,17 +105,21 @@ async def main() -> dict[str, object]:
     print(f"{total} requests in {DURATION:g}s, {len(failed)} failed")
     print(f"served by: {dict(served)}")
     print(f"served in the last {DURATION - STORM - 1.0:g}s (storm long over): {dict(after_storm)}")
+    print(f"attempts by outcome: {attempts}")
     print(f"fallbacks: {dict(stats.fallbacks)}")
     print("primary breaker: " + "; ".join(transitions))
     print(f"primary trips: {primary.trips}, now {primary.state}")
     for line in metrics_text.splitlines():
-        if line.startswith("rakka_requests_total") and not line.endswith(" 0"):
+        if line.startswith(("rakka_requests_total", "rakka_attempts_total")) and not (
+            line.endswith(" 0")
+        ):
             print("  " + line)
     return {
         "requests": total,
         "failed": failed,
         "served": dict(served),
         "after_storm": dict(after_storm),
+        "attempts": attempts,
         "fallbacks": dict(stats.fallbacks),
         "trips": primary.trips,
         "state": primary.state,

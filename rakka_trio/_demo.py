@@ -463,9 +463,19 @@ def _print_report(console: Console, report: DemoReport, stats: SupervisorStatist
     table = _endpoint_table("Final report: requests each endpoint handled, by outcome")
     _endpoint_rows(table, stats.endpoints)
     console.print(table)
+    # Every try with its own outcome: a storm shows here as 5xx even when the requests it
+    # hit ended up refused by the breaker or served by the backup.
+    tries = []
+    for name, ep in stats.endpoints.items():
+        if ep.metrics is not None and any(ep.metrics.attempts.values()):
+            counts = ", ".join(f"{k} {v}" for k, v in ep.metrics.attempts.items() if v)
+            tries.append(f"{name} {counts} ({ep.metrics.retries} retries)")
+    if tries:
+        console.print("attempts by outcome: " + "; ".join(tries))
     chat = stats.deployments.get("chat")
     if chat is not None and chat.fallbacks:
-        moves = ", ".join(f"{k} x{v}" for k, v in sorted(chat.fallbacks.items()))
+        by_count = sorted(chat.fallbacks.items(), key=lambda kv: (-kv[1], kv[0]))
+        moves = ", ".join(f"{k} x{v}" for k, v in by_count)
         console.print(f"fallbacks from one endpoint to the next: {moves}")
     total = report.served + report.failed
     failed = f" ({report.failed / total:.1%})" if total else ""

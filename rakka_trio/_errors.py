@@ -15,6 +15,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import trio
+
 from ._redact import redact
 
 __all__ = [
@@ -143,7 +145,8 @@ class CircuitOpen(RakkaError):
     """The endpoint's breaker refuses calls: fail fast.
 
     ``opened_at`` and ``retry_at`` are on the Trio clock (:func:`trio.current_time`);
-    ``retry_at`` is ``math.inf`` for a breaker forced open without expiry.
+    ``retry_at`` is ``math.inf`` for a breaker forced open without expiry. The message gives
+    the wait in seconds from ``now`` (default: the current Trio time).
     """
 
     def __init__(
@@ -154,8 +157,17 @@ class CircuitOpen(RakkaError):
         opened_at: float,
         retry_at: float,
         reason: str | None = None,
+        now: float | None = None,
     ) -> None:
-        until = "until reset" if math.isinf(retry_at) else f"retry at t={retry_at:.3f}"
+        if math.isinf(retry_at):
+            until = "until reset"
+        else:
+            if now is None:
+                try:
+                    now = trio.current_time()
+                except RuntimeError:  # built outside a Trio run: no clock to compare with
+                    now = retry_at
+            until = f"retry in {max(0.0, retry_at - now):.3f}s"
         why = f" ({reason})" if reason else ""
         super().__init__(f"circuit for {endpoint!r} is {state}{why}; {until}")
         self.endpoint = endpoint

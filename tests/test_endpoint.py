@@ -10,8 +10,10 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
+import trio.testing
 
 import rakka_trio as rk
 from rakka_trio._request import ChatRequest
@@ -472,3 +474,184 @@ async def test_total_timeout_bounds_the_whole_call(mock: MockProvider) -> None:
             assert (
                 ep.breaker.statistics().failures == 0
             )  # our own deadline: not the provider's fault
+
+
+# --- attempts, retries and the breaker's cause ----------------------------------------------
+
+
+async def test_every_attempt_and_retry_is_counted(mock: MockProvider) -> None:
+    mock.add_fault("openai", Fault.status(503), times=2)
+    with trio.fail_after(5):
+        async with rk.open_supervisor(supervisor(endpoint(mock, retries=3))) as sup:
+            done = await sup.endpoint("openai").complete(HI)
+            m = sup.statistics().endpoints["openai"].metrics
+    assert done.attempts == 3
+    assert m is not None
+    assert {k: v for k, v in m.attempts.items() if v} == {"5xx": 2, "ok": 1}
+    assert {k: v for k, v in m.requests.items() if v} == {"ok": 1}
+    assert m.retries == 2
+    # Each attempt recorded its own outcome on the breaker (see README "Concepts").
+    assert sup.breaker("openai").statistics().failures == 2
+
+
+async def test_circuit_open_after_a_failed_attempt_carries_the_provider_error(
+    mock: MockProvider,
+) -> None:
+    mock.add_fault("openai", Fault.status(503))
+    breaker = rk.BreakerConfig(failure_threshold=1, open_duration=30.0)
+    with trio.fail_after(5):
+        async with rk.open_supervisor(supervisor(endpoint(mock, breaker=breaker))) as sup:
+            with pytest.raises(rk.CircuitOpen) as info:
+                await sup.endpoint("openai").complete(HI)
+            m = sup.statistics().endpoints["openai"].metrics
+    # The 503 that tripped the breaker is the cause, and no retry was attempted past it.
+    assert isinstance(info.value.__cause__, rk.ServerError)
+    assert info.value.__cause__.status == 503
+    assert len(mock.requests) == 1
+    # Times in the message are seconds from now, never Trio's clock.
+    message = str(info.value)
+    assert "t=" not in message
+    wait = float(message.split("retry in ")[1].rstrip("s"))
+    assert 29.0 <= wait <= 30.0
+    assert m is not None
+    assert (m.attempts["5xx"], m.requests["circuit_open"], m.requests["5xx"]) == (1, 1, 0)
+
+
+# --- the limiter before the breaker's probe permit (MockClock, nothing is sent) ---------------
+
+
+async def test_a_call_waiting_for_the_limiter_holds_no_half_open_probe(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    cfg = rk.EndpointConfig(
+        name="x",
+        provider="openai",
+        base_url="http://127.0.0.1:9/v1",  # never reached: the calls wait for the limiter
+        model="m",
+        limits=rk.RateLimits(requests_per_minute=6, requests_burst=1),
+    )
+    outcomes: list[str] = []
+
+    async def call(ep: rk.Endpoint) -> None:
+        with trio.move_on_after(5.0):  # the budget comes back only after 10 s
+            try:
+                await ep.complete(HI)
+            except rk.RakkaError as exc:
+                outcomes.append(type(exc).__name__)
+                return
+        outcomes.append("still waiting")
+
+    with trio.fail_after(60):
+        async with rk.open_supervisor(supervisor(cfg)) as sup:
+            assert sup.limiter("x").try_acquire() == 0.0  # the only unit of the burst
+            sup.force_open("x", 1.0)
+            await trio.sleep(1.5)
+            assert sup.breaker("x").state is rk.BreakerState.HALF_OPEN
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(call, sup.endpoint("x"))
+            probes = sup.breaker("x").statistics().probes_in_flight
+    # No call took the only probe while waiting, so none failed "probe limit reached".
+    assert outcomes == ["still waiting"] * 3
+    assert probes == 0
+
+
+# --- cleanup is shielded but bounded (MockClock) -----------------------------------------------
+
+
+def _sse(delta: str) -> bytes:
+    return (
+        b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+        b'"choices":[{"index":0,"delta":' + delta.encode() + b',"finish_reason":null}]}\n\n'
+    )
+
+
+class _StuckClose(httpx.AsyncByteStream):
+    """A response body that goes quiet after ``body`` (when ``quiet``) and whose close hangs:
+    a peer that never finishes the connection."""
+
+    def __init__(self, body: bytes, *, quiet: bool) -> None:
+        self._body = body
+        self._quiet = quiet
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._body
+        if self._quiet:
+            await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        await trio.sleep(1000)
+
+
+class _StuckTransport(httpx.AsyncBaseTransport):
+    def __init__(self, case: str) -> None:
+        self._case = case
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._case == "error_body":
+            return httpx.Response(503, stream=_StuckClose(b'{"error": {}}', quiet=False))
+        delta = '{"content":"hi"}' if self._case == "early_exit" else '{"role":"assistant"}'
+        return httpx.Response(
+            200,
+            headers={"content-type": "text/event-stream"},
+            stream=_StuckClose(_sse(delta), quiet=True),
+        )
+
+
+@pytest.mark.parametrize("case", ["early_exit", "cancelled", "error_body"])
+async def test_closing_a_stuck_response_is_bounded(
+    mock_clock: trio.testing.MockClock, case: str
+) -> None:
+    from rakka_trio._breaker import BreakerHandle
+    from rakka_trio._call import Endpoint
+    from rakka_trio._call._stream import CLEANUP_TIMEOUT
+
+    cfg = rk.EndpointConfig(
+        name="x",
+        provider="openai",
+        base_url="http://127.0.0.1:9/v1",
+        model="m",
+        retry=rk.RetryPolicy(max_retries=0),
+        timeouts=rk.Timeouts(total=1.0 if case == "cancelled" else None, read_gap=1.0),
+    )
+    ep = Endpoint(cfg, BreakerHandle("x"), transport=_StuckTransport(case))
+    with trio.fail_after(2000):
+        start = trio.current_time()
+        if case == "early_exit":  # the caller leaves after the first chunk
+            async with ep.stream(HI) as chunks:
+                async for chunk in chunks:
+                    assert chunk.text == "hi"
+                    break
+            bound = CLEANUP_TIMEOUT
+        elif case == "cancelled":  # the total timeout cancels the call before any output
+            with pytest.raises(rk.Timeout):
+                await ep.complete(HI)
+            bound = 1.0 + CLEANUP_TIMEOUT
+        else:  # reading the error body ends with a close that never returns
+            with pytest.raises(rk.ServerError):
+                await ep.complete(HI)
+            bound = 1.0
+        elapsed = trio.current_time() - start
+        await ep.session.aclose()
+    # Cleanup survives cancellation (shielded), yet never waits past its bound.
+    assert elapsed <= bound + 0.5
+
+
+# --- ChunkStream is a trio ReceiveChannel ------------------------------------------------
+
+
+async def test_chunk_stream_is_a_receive_channel(mock: MockProvider) -> None:
+    with trio.fail_after(5):
+        async with rk.open_supervisor(supervisor(endpoint(mock))) as sup:
+            async with sup.endpoint("openai").stream(HI) as chunks:
+                assert isinstance(chunks, trio.abc.ReceiveChannel)
+                first = await chunks.receive()
+                rest = [chunk async for chunk in chunks]
+                assert first.text + "".join(c.text for c in rest) == REPLY
+                with pytest.raises(trio.EndOfChannel):
+                    await chunks.receive()
+                await chunks.aclose()
+                await chunks.aclose()  # idempotent
+                with pytest.raises(trio.ClosedResourceError):
+                    await chunks.receive()
+            assert sup.breaker("openai").statistics().successes == 1

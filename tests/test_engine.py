@@ -5,7 +5,8 @@ is exact (``MockClock(autojump_threshold=0)``); the real-socket paths are in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -66,10 +67,25 @@ class FakeEndpoint:
         self.ended: dict[str, str] = {}
         self.active = 0
         self.peak = 0
+        self.wait = 0.0  # what the rate limiter would make a request wait now
+        self.room = 1.0  # rate-limit headroom
+        self.move_ons: list[Callable[[rk.RakkaError], bool] | None] = []
+
+    def wait_estimate(self, request: rk.ChatRequest) -> float:
+        return self.wait
+
+    def headroom(self) -> float:
+        return self.room
 
     @asynccontextmanager
-    async def stream(self, request: rk.ChatRequest) -> AsyncIterator[FakeStream]:
+    async def stream(
+        self,
+        request: rk.ChatRequest,
+        *,
+        move_on: Callable[[rk.RakkaError], bool] | None = None,
+    ) -> AsyncIterator[FakeStream]:
         label = str(request.messages[0]["content"])
+        self.move_ons.append(move_on)
         self.started.append(label)
         self.active += 1
         self.peak = max(self.peak, self.active)
@@ -454,3 +470,91 @@ async def test_a_dropped_handle_frees_its_worker(mock_clock: trio.testing.MockCl
     assert fake.started == ["running", "next"]  # the dropped queued request never ran
     assert fake.ended["running"] in ("Cancelled", "BrokenResourceError")
     assert meter.requests["cancelled"] == 1
+
+
+# --- the submission's interface ---------------------------------------------------------
+
+
+async def test_submit_as_context_manager_admits_on_entry_and_closes_on_exit(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeEndpoint(hold=0.0)
+    fake.texts = ("a", "b", "c")
+    async with running(fake) as engine:
+        async with engine.submit(req("one")) as sub:
+            assert isinstance(sub, trio.abc.ReceiveChannel)
+            assert (await sub.receive()).text == "a"
+        # Leaving the block closed it: the rest was never read.
+        assert sub.outcome is not None and sub.outcome.status == "cancelled"
+        with pytest.raises(trio.ClosedResourceError):
+            await sub.receive()
+        # Awaiting it still returns the submission itself.
+        sub = await engine.submit(req("two"))
+        assert [c.text async for c in sub] == ["a", "b", "c"]
+        with pytest.raises(trio.EndOfChannel):
+            await sub.receive()
+        await sub.aclose()
+        assert sub.outcome is not None and sub.outcome.status == "ok"
+    # A lone endpoint has nowhere to move a request: its retries are its own business.
+    assert fake.move_ons == [None, None]
+
+
+# --- routing decisions on virtual time (fake endpoints) -----------------------------------
+
+
+@asynccontextmanager
+async def routed(
+    fakes: list[FakeEndpoint], **config: Any
+) -> AsyncIterator[tuple[rk.Deployment, dict[str, Engine]]]:
+    """A deployment over ``fakes``, each on its own engine."""
+    from rakka_trio._engine import Deployment
+
+    async with trio.open_nursery() as nursery:
+
+        def spawn(name: str, fn: Any, *args: Any) -> None:
+            nursery.start_soon(fn, *args, name=name)
+
+        engines = {f.name: Engine(f, rk.EngineConfig(), spawn=spawn) for f in fakes}
+        dep_config = rk.DeploymentConfig(name="d", endpoints=list(engines), **config)
+        try:
+            yield Deployment(dep_config, engines.get), engines
+        finally:
+            for engine in engines.values():
+                engine.close()
+
+
+async def test_an_endpoint_that_would_wait_is_used_only_when_none_can_serve_now(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    first, second = FakeEndpoint("first", hold=0.0), FakeEndpoint("second", hold=0.0)
+    async with routed([first, second]) as (dep, _):
+        first.wait = 5.0  # its rate-limit key is paused for 5 s
+        assert (await dep.complete(req("a"))).endpoint == "second"
+        second.wait = 2.0  # both would wait: the shorter wait wins
+        assert (await dep.complete(req("b"))).endpoint == "second"
+        second.breaker.force_open(60.0)  # refused outright: wait for the first after all
+        assert (await dep.complete(req("c"))).endpoint == "first"
+        stats = dep.statistics()
+    # Moves are counted where the strategy's first choice was passed over: the paused first
+    # endpoint twice; the last request went to the first choice after all (no move).
+    assert stats.fallback_routes == {("first", "second", "RateLimitExceeded"): 2}
+    # Only multi-endpoint deployments let the endpoint move a request on instead of retrying.
+    assert all(m is not None for m in first.move_ons + second.move_ons)
+
+
+async def test_latency_forgets_old_measurements_and_measures_again(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    from rakka_trio._engine._routing import LATENCY_MEMORY
+
+    slow, fast = FakeEndpoint("slow", hold=1.0), FakeEndpoint("fast", hold=0.01)
+    async with routed([slow, fast], strategy="latency", seed=5) as (dep, engines):
+        served = Counter([(await dep.complete(req(str(i)))).endpoint for i in range(40)])
+        assert served["fast"] >= 36  # unmeasured ones first, then the fast one
+        assert engines["slow"].latency_estimate(trio.current_time()) == pytest.approx(1.0)
+        await trio.sleep(LATENCY_MEMORY + 1)
+        assert engines["slow"].latency_estimate(trio.current_time()) is None
+        # Forgotten: unmeasured endpoints go first, so the slow one is measured again within
+        # the next two requests (the first may be an exploration pick).
+        again = [(await dep.complete(req(f"again{i}"))).endpoint for i in range(2)]
+        assert "slow" in again

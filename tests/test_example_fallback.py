@@ -28,6 +28,11 @@ async def test_fallback_chain_example(capsys: pytest.CaptureFixture[str]) -> Non
     assert served.get("primary", 0) > 0
     assert report["after_storm"].get("primary", 0) > 0  # traffic came back after recovery
     assert report["trips"] >= 1
+    # The storm is visible: the primary's 503s are counted as 5xx attempts, although every
+    # user request was served.
+    assert report["attempts"]["primary"].get("5xx", 0) >= 3
+    assert report["attempts"]["backup"].get("5xx", 0) == 0
     out = capsys.readouterr().out
     assert " 0 failed" in out
     assert "half_open -> closed (probe_succeeded)" in out
+    assert 'rakka_attempts_total{endpoint="primary",outcome="5xx"}' in out

@@ -282,9 +282,16 @@ async def test_prometheus_text_parses_and_matches(mock: MockProvider) -> None:
     assert value("rakka_workers_limit", endpoint="a") == 1
     assert value("rakka_deployment_requests_total", deployment="chat", outcome="ok") == 1
     fallbacks = value(
-        "rakka_deployment_fallbacks_total", deployment="chat", endpoint="idle", reason="CircuitOpen"
+        "rakka_deployment_fallbacks_total",
+        deployment="chat",
+        endpoint="idle",
+        to="a",
+        reason="CircuitOpen",
     )
     assert fallbacks == 1
+    for outcome, count in m.attempts.items():
+        assert value("rakka_attempts_total", endpoint="a", outcome=outcome) == count
+    assert value("rakka_retries_total", endpoint="a") == m.retries
     # Histograms: cumulative, ending in +Inf == _count.
     for metric in ("rakka_ttft_seconds", "rakka_request_duration_seconds"):
         counts = [

@@ -1,10 +1,13 @@
-"""Per-endpoint metrics: requests by outcome, latency percentiles, tokens, cost, gauges.
+"""Per-endpoint metrics: requests and attempts by outcome, retries, latency percentiles,
+tokens, cost, gauges.
 
 Every call on an endpoint — plain ``Endpoint.stream``/``complete`` and the engine path — goes
 through the endpoint's :class:`EndpointMeter`: ``begin`` (which also enforces a ``reject``
-budget), ``first_chunk`` and ``end``. Requests turned away before a call (backpressure, a
-deadline spent in the queue, a caller who left while queued) are counted by the engine with
-:meth:`EndpointMeter.count`, so each request is counted once per endpoint it reached.
+budget), ``attempt_started``/``attempt_failed``/``retried`` for each try, ``first_chunk`` and
+``end``. Requests turned away before a call (backpressure, a deadline spent in the queue, a
+caller who left while queued) are counted by the engine with :meth:`EndpointMeter.count`, so
+each request is counted once per endpoint it reached, and each of its tries once more in
+``attempts``.
 
 Latencies are kept twice, both in constant memory: a ring of the most recent samples gives the
 p50/p95/p99 reported in statistics (recent behaviour, exact over the ring), and cumulative
@@ -20,7 +23,6 @@ import math
 from array import array
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -42,10 +44,6 @@ from .._errors import (
     Timeout,
 )
 from ._cost import BudgetStatistics, CostTracker
-
-if TYPE_CHECKING:
-    pass
-
 
 #: Request outcome labels, in exposition order. ``429`` covers provider rate limits, quota
 #: errors and our own limiter refusing; ``4xx`` other client errors; ``network`` connection
@@ -179,7 +177,10 @@ class TokenTotals:
 class EndpointMetrics:
     """A snapshot of one endpoint's metrics (``EndpointStatistics.metrics``).
 
-    ``requests`` counts requests by outcome (every label of :data:`OUTCOMES`). ``ttft`` is the
+    ``requests`` counts requests by their final outcome here (every label of
+    :data:`OUTCOMES`); ``attempts`` counts every try with its own outcome, under the same
+    labels (a request that met two 503s and then succeeded adds ``5xx: 2, ok: 1``), and
+    ``retries`` the tries repeated on this endpoint. ``ttft`` is the
     time from the call's start to its first chunk, ``latency`` the whole call (calls that
     completed), ``queue_wait`` the time requests spent in the engine queue. ``cost`` is USD
     since start and ``budget`` the rolling spend. ``queue_depth`` counts waiting requests,
@@ -191,6 +192,8 @@ class EndpointMetrics:
 
     endpoint: str
     requests: Mapping[str, int]
+    attempts: Mapping[str, int]
+    retries: int
     ttft: LatencySummary
     latency: LatencySummary
     queue_wait: LatencySummary
@@ -209,13 +212,28 @@ class EndpointMetrics:
 class CallRecord:
     """One call being measured (from :meth:`EndpointMeter.begin`)."""
 
-    __slots__ = ("_first", "_meter", "_model", "_start")
+    __slots__ = ("_first", "_meter", "_model", "_start", "_trying")
 
     def __init__(self, meter: EndpointMeter, model: str | None, start: float) -> None:
         self._meter = meter
         self._model = model
         self._start = start
         self._first = False
+        self._trying = False  # a try is under way whose outcome is not counted yet
+
+    def attempt_started(self) -> None:
+        """A try begins; it is counted by :meth:`attempt_failed` or, if it goes on to serve
+        the call, by :meth:`end` with the call's outcome."""
+        self._trying = True
+
+    def attempt_failed(self, exc: BaseException) -> None:
+        """The current try failed with ``exc`` (the call may try again, or move on)."""
+        self._trying = False
+        self._meter.attempts[outcome_of(exc)] += 1
+
+    def retried(self) -> None:
+        """The call tries again on this endpoint."""
+        self._meter.retries += 1
 
     def first_chunk(self) -> None:
         """The first chunk is ready: record the time to first token (once per call, however
@@ -244,6 +262,9 @@ class CallRecord:
         else:
             label = outcome_of(exc, finish_reason)
         meter.requests[label] += 1
+        if self._trying:
+            self._trying = False
+            meter.attempts[label] += 1
         if label in ("ok", "filtered"):
             meter.latency.record(trio.current_time() - self._start)
         if usage is not None:
@@ -254,12 +275,14 @@ class EndpointMeter:
     """The metrics and spend of one endpoint; the hook its calls report to."""
 
     __slots__ = (
+        "attempts",
         "cost",
         "endpoint",
         "in_flight",
         "latency",
         "queue_wait",
         "requests",
+        "retries",
         "tokens",
         "ttft",
     )
@@ -268,6 +291,8 @@ class EndpointMeter:
         self.endpoint = endpoint
         self.cost = cost
         self.requests: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.attempts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.retries = 0
         self.ttft = Latency()
         self.latency = Latency()
         self.queue_wait = Latency()
@@ -314,6 +339,8 @@ class EndpointMeter:
         return EndpointMetrics(
             endpoint=self.endpoint,
             requests=MappingProxyType(dict(self.requests)),
+            attempts=MappingProxyType(dict(self.attempts)),
+            retries=self.retries,
             ttft=self.ttft.summary(),
             latency=self.latency.summary(),
             queue_wait=self.queue_wait.summary(),
@@ -332,31 +359,46 @@ class EndpointMeter:
 
 @attrs.frozen(kw_only=True)
 class DeploymentStatistics:
-    """A snapshot of one deployment: its chain, requests by final outcome, and fallbacks by
-    the endpoint left and the error class that caused it (``"endpoint:ErrorName"``)."""
+    """A snapshot of one deployment: its endpoints, requests by final outcome, and fallbacks.
+
+    ``fallback_routes`` counts moves by ``(from, to, cause)``: the endpoint the request left
+    (or skipped although the strategy preferred it), the endpoint that took it, and the
+    error class name that caused the move (``CircuitOpen``, ``RateLimited``, ``ServerError``
+    ...; ``RateLimitExceeded`` when the endpoint's rate-limit key was paused or short, so it
+    was skipped without sending). ``fallbacks`` sums them by ``"from:Cause"``.
+    """
 
     name: str
     endpoints: tuple[str, ...]
     requests: Mapping[str, int]
     fallbacks: Mapping[str, int]
     recovery_waits: int
+    strategy: str = "ordered"
+    fallback_routes: Mapping[tuple[str, str, str], int] = attrs.field(
+        factory=lambda: MappingProxyType({})
+    )
 
 
 class DeploymentMeter:
     """Counters of one deployment (final outcomes, fallbacks, waits for recovery)."""
 
-    __slots__ = ("fallbacks", "name", "recovery_waits", "requests")
+    __slots__ = ("fallbacks", "name", "recovery_waits", "requests", "routes", "strategy")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, strategy: str = "ordered") -> None:
         self.name = name
+        self.strategy = strategy
         self.requests: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.fallbacks: dict[str, int] = {}
+        self.routes: dict[tuple[str, str, str], int] = {}
         self.recovery_waits = 0
 
-    def fallback(self, endpoint: str, exc: BaseException) -> None:
-        """Count one move away from ``endpoint`` because of ``exc``."""
-        key = f"{endpoint}:{type(exc).__name__}"
+    def fallback(self, left: str, to: str, cause: str) -> None:
+        """Count one move from endpoint ``left`` to ``to`` because of ``cause`` (an error
+        class name)."""
+        key = f"{left}:{cause}"
         self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
+        route = (left, to, cause)
+        self.routes[route] = self.routes.get(route, 0) + 1
 
     def snapshot(self, endpoints: Iterable[str]) -> DeploymentStatistics:
         """An immutable snapshot."""
@@ -366,4 +408,6 @@ class DeploymentMeter:
             requests=MappingProxyType(dict(self.requests)),
             fallbacks=MappingProxyType(dict(self.fallbacks)),
             recovery_waits=self.recovery_waits,
+            strategy=self.strategy,
+            fallback_routes=MappingProxyType(dict(self.routes)),
         )

@@ -116,10 +116,25 @@ def prometheus_text(source: _HasStatistics | _StatisticsSnapshot) -> str:
             out.add(
                 "rakka_requests_total",
                 "counter",
-                "Requests by outcome.",
+                "Requests by final outcome on the endpoint.",
                 {**base, "outcome": outcome},
                 count,
             )
+        for outcome, count in m.attempts.items():
+            out.add(
+                "rakka_attempts_total",
+                "counter",
+                "Tries by their own outcome (a retried request counts each try).",
+                {**base, "outcome": outcome},
+                count,
+            )
+        out.add(
+            "rakka_retries_total",
+            "counter",
+            "Tries repeated on the same endpoint.",
+            base,
+            m.retries,
+        )
         for kind, value in (
             ("input", m.tokens.input),
             ("output", m.tokens.output),
@@ -194,13 +209,12 @@ def prometheus_text(source: _HasStatistics | _StatisticsSnapshot) -> str:
                 {**base, "outcome": outcome},
                 count,
             )
-        for key, count in dep.fallbacks.items():
-            endpoint, _, reason = key.rpartition(":")
+        for (left, to, reason), count in dep.fallback_routes.items():
             out.add(
                 "rakka_deployment_fallbacks_total",
                 "counter",
-                "Moves to the next endpoint, by the endpoint left and the error.",
-                {**base, "endpoint": endpoint, "reason": reason},
+                "Moves to another endpoint, by the endpoint left, the one taken and the cause.",
+                {**base, "endpoint": left, "to": to, "reason": reason},
                 count,
             )
         out.add(

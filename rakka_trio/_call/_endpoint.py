@@ -1,12 +1,19 @@
-"""Calling a provider through one endpoint: breaker → session → HTTP → SSE → adapter → retry.
+"""Calling a provider through one endpoint: limiter → breaker → session → HTTP → SSE →
+adapter → retry.
 
 ``Endpoint.stream(request)`` retries (per the endpoint's :class:`RetryPolicy`) only until the
 first chunk with content is ready; from the moment a chunk is handed to the caller, an error
 ends the stream instead (no duplicated output). ``Endpoint.complete(request)`` collects the
-whole stream before returning, so it may retry a stream that failed midway. Every call ends
-with exactly one outcome on the breaker: success, a counted failure, or nothing (cancellation,
-an early exit by the caller, or a non-counting error such as a 429), which also returns a
-half-open probe permit. A 401 rotates the session's credential once and retries at once.
+whole stream before returning, so it may retry a stream that failed midway.
+
+Each *attempt* ends with exactly one outcome on the breaker: success, a counted failure, or
+nothing (cancellation, an early exit by the caller, or a non-counting error such as a 429),
+which also returns a half-open probe permit. A call retried twice after 503s therefore adds
+three failures. An attempt waits for the rate limiter first and takes its breaker permit (a
+half-open probe) only once nothing is left to wait for, so a waiting call never holds the
+only probe. Once a failure has opened the breaker, the call stops retrying and raises
+:class:`CircuitOpen` with that failure as its ``__cause__``. A 401 rotates the session's
+credential once and retries at once.
 """
 
 from __future__ import annotations
@@ -22,14 +29,16 @@ import trio
 
 from .._accounting import CallRecord, EndpointMeter
 from .._breaker import BreakerHandle
-from .._chunks import StreamChunk, Usage
+from .._chunks import StreamChunk
 from .._config import EndpointConfig
-from .._engine import Engine, Priority, Submission
+from .._engine import Engine, Priority, SubmitCall, circuit_refusal
 from .._errors import (
+    CircuitOpen,
     ConfigError,
     ContentFiltered,
     RakkaError,
     RateLimited,
+    RateLimitExceeded,
     StreamError,
     Timeout,
     Unauthorized,
@@ -40,6 +49,7 @@ from .._request import ChatRequest, Completion
 from .._retry import Retrier
 from ._session import Session, transport_error
 from ._sse_trio import SSEStream, aiter_sse
+from ._stream import ChunkStream, close_resources
 
 __all__ = ["ChunkStream", "Endpoint"]
 
@@ -51,6 +61,8 @@ _MAX_ERROR_BODY = 64 * 1024  # bytes of an error response read for classificatio
 
 
 _DEFAULT_OUTPUT_ESTIMATE = 1024  # output tokens reserved when a request sets no max_tokens
+
+MoveOn = Callable[[RakkaError], bool]
 
 
 def _estimate(request: ChatRequest) -> Cost:
@@ -85,94 +97,6 @@ def _end_call(call: CallRecord, exc: BaseException | None, stream: ChunkStream |
         call.end(exc)
     else:
         call.end(exc, stream.usage, stream.finish_reason, complete=stream._eof)
-
-
-class ChunkStream:
-    """The chunks of one streamed completion: ``async for chunk in stream``.
-
-    Obtained from ``async with endpoint.stream(request) as stream``. ``usage`` and
-    ``finish_reason`` are filled once the provider reported them; ``attempts`` says how many
-    tries it took to get the stream going.
-    """
-
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        token: int,
-        stack: AsyncExitStack,
-        events: SSEStream,
-        adapter: StreamAdapter,
-        pending: list[StreamChunk],
-        eof: bool,
-        attempts: int,
-        reservation: Reservation | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        self._endpoint = endpoint
-        self._reservation = reservation
-        self._token = token
-        self._stack = stack
-        self._events = events
-        self._adapter = adapter
-        self._pending = pending
-        self._next = 0
-        self._eof = eof  # the provider's stream was read to its (verified) end
-        self._settled = False  # the breaker got this call's one outcome
-        self._error = error  # raised once the pending chunks were delivered
-        self.attempts = attempts
-
-    @property
-    def usage(self) -> Usage | None:
-        """The latest token usage reported (``None`` so far)."""
-        return self._adapter.usage
-
-    @property
-    def finish_reason(self) -> str | None:
-        """The normalised finish reason once the provider sent it."""
-        return self._adapter.finish_reason
-
-    def __aiter__(self) -> ChunkStream:
-        return self
-
-    async def __anext__(self) -> StreamChunk:
-        while self._next >= len(self._pending):
-            if self._error is not None:
-                error, self._error = self._error, None
-                self._settle(error)
-                raise error
-            if self._eof:
-                self._settle(None)
-                raise StopAsyncIteration
-            try:
-                self._pending, self._eof = await self._endpoint._pull(self._events, self._adapter)
-            except BaseException as exc:
-                self._settle(exc)
-                raise
-            self._next = 0
-        chunk = self._pending[self._next]
-        self._next += 1
-        return chunk
-
-    def _settle(self, exc: BaseException | None) -> None:
-        if not self._settled:
-            self._settled = True
-            self._endpoint.breaker._finish(self._token, exc, None)
-
-    async def _aclose(self) -> None:
-        if self._reservation is not None:
-            # The provider's reported usage corrects the estimate; without it (an error or an
-            # early exit before the usage arrived) the estimate stands.
-            self._reservation.settle(self._adapter.usage)
-        if not self._settled:
-            self._settled = True
-            if self._error is not None:  # left before the (final) deferred error was raised
-                self._endpoint.breaker._finish(self._token, self._error, None)
-            elif self._eof:  # the provider delivered everything; the caller stopped reading
-                self._endpoint.breaker._finish(self._token, None, None)
-            else:  # left early: never the endpoint's fault, and the probe permit comes back
-                self._endpoint.breaker._release(self._token)
-        with trio.CancelScope(shield=True):
-            await self._stack.aclose()
 
 
 class Endpoint:
@@ -243,30 +167,55 @@ class Endpoint:
     def __repr__(self) -> str:
         return f"<Endpoint {self.name!r} {self._config.provider} {self._breaker.state.value}>"
 
+    def wait_estimate(self, request: ChatRequest) -> float:
+        """Seconds the rate limiter would make ``request`` wait if it were sent now (0.0: at
+        once; ``math.inf``: not until a concurrency permit is back, or never). Takes
+        nothing; a deployment uses it to skip an endpoint that cannot serve right now."""
+        limiter = self._limiter
+        if limiter is None:
+            return 0.0
+        return limiter.wait_estimate(_estimate(request), model=request.model or self._config.model)
+
+    def headroom(self) -> float:
+        """Rate-limit capacity left, 0..1: one minus the busiest limit's utilisation (1.0
+        without limits). The ``headroom`` routing strategy prefers the most."""
+        if self._limiter is None:
+            return 1.0
+        return 1.0 - self._limiter.statistics().utilisation
+
     # --- request API --------------------------------------------------------------------
 
     @asynccontextmanager
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChunkStream]:
+    async def stream(
+        self, request: ChatRequest, *, move_on: MoveOn | None = None
+    ) -> AsyncIterator[ChunkStream]:
         """Stream a completion: ``async with ep.stream(req) as chunks: async for c in chunks``.
 
         Raises :class:`CircuitOpen` at once when the breaker refuses, or the typed error of the
         last attempt when retries are exhausted. Errors after the first chunk was handed out
         are raised from the iteration and never retried.
+
+        ``move_on`` (used by deployments) is asked before each retry of a failure on this
+        endpoint and before waiting for the rate limiter: when it returns True the error is
+        raised at once, so the request can go to another endpoint instead.
         """
         total = self._config.timeouts.total
         deadline = trio.current_time() + total if total is not None else float("inf")
         # The metrics hook (also enforces a "reject" budget before anything is sent).
         call = self._meter.begin(request.model or self._config.model) if self._meter else None
         stream: ChunkStream | None = None
+        attempt: Callable[[ChatRequest, int], Awaitable[ChunkStream]] = self._open
+        if move_on is not None:
+            attempt = functools.partial(self._open, move_on=move_on)
         try:
             with trio.move_on_at(deadline) as scope:
-                stream = await self._with_retries(request, self._open)
+                stream = await self._with_retries(request, attempt, call, move_on)
                 if call is not None:
                     call.first_chunk()
                 try:
                     yield stream
                 finally:
-                    await stream._aclose()
+                    await stream.aclose()
             if scope.cancelled_caught:
                 raise self._total_timeout()
         except BaseException as exc:
@@ -285,7 +234,7 @@ class Endpoint:
         try:
             with trio.move_on_at(deadline):
                 done = await self._with_retries(
-                    request, functools.partial(self._collect, call=call)
+                    request, functools.partial(self._collect, call=call), call
                 )
                 if call is not None:
                     call.end(None, done.usage, done.finish_reason)
@@ -296,20 +245,19 @@ class Endpoint:
                 call.end(exc)
             raise
 
-    async def submit(
-        self, request: ChatRequest, *, priority: Priority = Priority.NORMAL
-    ) -> Submission:
-        """Queue ``request`` on this endpoint's engine (see docs/engine.md) and return its
-        :class:`Submission`: ``async with await ep.submit(req) as s: async for chunk in s``.
+    def submit(self, request: ChatRequest, *, priority: Priority = Priority.NORMAL) -> SubmitCall:
+        """Queue ``request`` on this endpoint's engine (see docs/engine.md):
+        ``async with ep.submit(req) as sub: async for chunk in sub`` admits it on entry and
+        closes the :class:`Submission` on exit; ``sub = await ep.submit(req)`` returns it.
 
-        Raises at once when the request is refused: :class:`Backpressure` (capacity, per
-        ``engine.on_full``), :class:`CircuitOpen`, :class:`BudgetExceeded`,
+        Admission raises at once when the request is refused: :class:`Backpressure`
+        (capacity, per ``engine.on_full``), :class:`CircuitOpen`, :class:`BudgetExceeded`,
         :class:`ContextLengthExceeded` (``context_window``). The caller's effective Trio
-        deadline becomes the request's deadline, also while it waits in the queue.
+        deadline at admission becomes the request's deadline, also while it waits in the queue.
         """
         if self._engine is None:
             raise RuntimeError(f"endpoint {self.name!r} has no engine (not under a supervisor)")
-        return await self._engine.submit(request, priority=priority)
+        return self._engine.submit(request, priority=priority)
 
     # --- internals ----------------------------------------------------------------------
 
@@ -323,7 +271,11 @@ class Endpoint:
         )
 
     async def _with_retries(
-        self, request: ChatRequest, attempt_fn: Callable[[ChatRequest, int], Awaitable[T]]
+        self,
+        request: ChatRequest,
+        attempt_fn: Callable[[ChatRequest, int], Awaitable[T]],
+        call: CallRecord | None = None,
+        move_on: MoveOn | None = None,
     ) -> T:
         retrier = self._retrier
         retrier.note_request()
@@ -331,25 +283,40 @@ class Endpoint:
         attempt = 0
         previous = 0.0
         rotated = False
+        last: RakkaError | None = None  # the previous attempt's failure
         while True:
+            if call is not None:
+                call.attempt_started()
             try:
                 return await attempt_fn(request, attempt + 1)
             except RakkaError as exc:
                 failure: RakkaError = exc
+            if call is not None:
+                call.attempt_failed(failure)
+            if isinstance(failure, CircuitOpen) and last is not None:
+                raise failure from last  # an earlier attempt's failure opened the breaker
             if isinstance(failure, Unauthorized) and not rotated:
                 # One credential rebuild and one immediate retry per call (see README "Concepts").
                 rotated = True
                 await self._session.rotate(
                     seen_generation=getattr(failure, "_generation", None), reason="401"
                 )
+                if call is not None:
+                    call.retried()
+                last = failure
                 continue
             if not request.idempotent:
                 raise failure
+            if move_on is not None and move_on(failure):
+                raise failure  # another endpoint can serve it now: no retry here
             decision = retrier.next_delay(
                 failure, attempt=attempt, started_at=started, previous=previous
             )
             if not decision.retry:
                 raise failure
+            refused = circuit_refusal(self._breaker)
+            if refused is not None:
+                raise refused from failure  # the failures opened the breaker: no retry can pass
             log.info(
                 "endpoint %s: attempt %d failed (%s); retrying in %.3fs",
                 self.name,
@@ -357,9 +324,12 @@ class Endpoint:
                 type(failure).__name__,
                 decision.delay,
             )
+            if call is not None:
+                call.retried()
             await trio.sleep(decision.delay)
             attempt += 1
             previous = decision.delay
+            last = failure
 
     async def _collect(
         self, request: ChatRequest, attempts: int, call: CallRecord | None = None
@@ -370,10 +340,12 @@ class Endpoint:
         try:
             chunks = [chunk async for chunk in stream]
         finally:
-            await stream._aclose()
+            await stream.aclose()
         return Completion.from_chunks(chunks, endpoint=self.name, attempts=attempts)
 
-    async def _open(self, request: ChatRequest, attempts: int) -> ChunkStream:
+    async def _open(
+        self, request: ChatRequest, attempts: int, move_on: MoveOn | None = None
+    ) -> ChunkStream:
         """One attempt: admit, send, check the status, read until the first content chunk."""
         cfg = self._config
         model = request.model or cfg.model
@@ -381,7 +353,10 @@ class Endpoint:
             raise ConfigError(
                 [("model", f"request has no model and endpoint {cfg.name!r} has no default")]
             )
-        token = self._breaker._acquire()
+        refused = circuit_refusal(self._breaker)
+        if refused is not None:
+            raise refused  # fail fast, before waiting for anything
+        token: int | None = None
         stack = AsyncExitStack()
         reservation: Reservation | None = None
         try:
@@ -390,8 +365,10 @@ class Endpoint:
                 # request went out refunds the estimate (cancellation while waiting takes
                 # nothing at all).
                 reservation = await stack.enter_async_context(
-                    await self._limiter.reserve(_estimate(request), model=model)
+                    await self._reserve(request, model, move_on)
                 )
+            # The breaker permit (in HALF_OPEN: a probe) only once nothing is left to wait for.
+            token = self._breaker_admit()
             client, generation = await stack.enter_async_context(self._session.lease())
             provider = get_provider(cfg.provider)
             call = provider.build_request(
@@ -449,10 +426,41 @@ class Endpoint:
                 self, token, stack, events, adapter, pending, eof, attempts, reservation, deferred
             )
         except BaseException as exc:
-            self._breaker._finish(token, exc, None)
-            with trio.CancelScope(shield=True):
-                await stack.aclose()
+            if token is not None:
+                self._breaker_finish(token, exc)
+            await close_resources(stack)
             raise
+
+    async def _reserve(
+        self, request: ChatRequest, model: str, move_on: MoveOn | None
+    ) -> Reservation:
+        """Take the rate budget (and a concurrency permit) for one attempt. With ``move_on``
+        (a deployment with other endpoints), a key that cannot admit at once raises instead
+        of waiting when another endpoint can serve the request now."""
+        assert self._limiter is not None
+        cost = _estimate(request)
+        if move_on is not None:
+            try:
+                return await self._limiter.reserve(cost, model=model, max_wait=0.0)
+            except (RateLimitExceeded, RateLimited) as exc:
+                if move_on(exc):
+                    raise
+        return await self._limiter.reserve(cost, model=model)
+
+    # --- the breaker (every permit taken and returned here) -------------------------------
+
+    def _breaker_admit(self) -> int:
+        """Take the breaker's permit for one attempt (raises :class:`CircuitOpen`)."""
+        return self._breaker._acquire()
+
+    def _breaker_finish(self, token: int, exc: BaseException | None) -> None:
+        """Report the attempt's outcome (``exc`` None: success; the error decides if it
+        counts)."""
+        self._breaker._finish(token, exc, None)
+
+    def _breaker_release(self, token: int) -> None:
+        """End the attempt without an outcome (the caller left early)."""
+        self._breaker._release(token)
 
     def _observe(self, response: httpx.Response, model: str) -> None:
         """Feed the provider's rate-limit headers to the limiter (adaptive limits)."""
@@ -477,13 +485,16 @@ class Endpoint:
 
     async def _read_error_body(self, response: httpx.Response) -> bytes:
         body = bytearray()
-        try:
-            async for part in response.aiter_bytes():
-                body += part
-                if len(body) >= _MAX_ERROR_BODY:
-                    break
-        except httpx.TransportError:
-            pass  # the status says enough; a broken error body must not hide it
+        # Bounded as a whole: the status says enough, so a body (or a close) that never
+        # finishes must not hold the call.
+        with trio.move_on_after(self._config.timeouts.read_gap):
+            try:
+                async for part in response.aiter_bytes():
+                    body += part
+                    if len(body) >= _MAX_ERROR_BODY:
+                        break
+            except httpx.TransportError:
+                pass  # a broken error body must not hide the status
         return bytes(body[:_MAX_ERROR_BODY])
 
     async def _pull(

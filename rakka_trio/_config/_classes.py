@@ -20,6 +20,7 @@ import attrs
 from .._credentials import Credential
 from .._errors import ConfigError
 from .._providers import get_provider, provider_names
+from ._deployment import DeploymentConfig
 from ._fleet import FleetConfig, fleet_config
 
 __all__ = [
@@ -464,28 +465,6 @@ class EndpointConfig:
         problems = get_provider(self.provider).check_options(self.provider_options)
         if problems:
             raise ConfigError([(f"provider_options.{key}", msg) for key, msg in problems])
-
-
-@attrs.frozen(kw_only=True)
-class DeploymentConfig:
-    """A named fallback chain: requests try ``endpoints`` in order (see docs/engine.md).
-
-    ``timeout`` is the default deadline in seconds of a request through the deployment
-    (queueing, fallbacks and waiting included). With ``wait_for_recovery``, a request that
-    finds every endpoint's breaker open waits for the first one to recover instead of failing
-    (never past its deadline).
-    """
-
-    name: str = attrs.field(validator=_name)
-    endpoints: list[str] = attrs.field(converter=_as_list, validator=_str_items)
-    timeout: float | None = attrs.field(default=None, validator=_number(gt=0, optional=True))
-    wait_for_recovery: bool = attrs.field(default=False, validator=_bool)
-
-    def __attrs_post_init__(self) -> None:
-        if not self.endpoints:
-            raise ConfigError([("endpoints", "must list at least one endpoint")])
-        if len(set(self.endpoints)) != len(self.endpoints):
-            raise ConfigError([("endpoints", "must not list an endpoint twice")])
 
 
 def _default_node_id() -> str:

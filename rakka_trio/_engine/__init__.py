@@ -5,26 +5,40 @@ Each endpoint owns an :class:`Engine`: a bounded queue with four priority classe
 worker tasks in the supervisor's nursery. Workers start on demand and leave after
 ``idle_timeout`` idle seconds, so a thousand quiet endpoints cost no tasks.
 
-``await endpoint.submit(request)`` admits a request or raises at once (``Backpressure``,
-``CircuitOpen``, ``BudgetExceeded``, ``ContextLengthExceeded``) and returns a
-:class:`Submission`: the receive side of a bounded chunk channel that ends with exactly one
+``async with endpoint.submit(request) as sub`` admits a request or raises at once
+(``Backpressure``, ``CircuitOpen``, ``BudgetExceeded``, ``ContextLengthExceeded``); the
+:class:`Submission` is a ``trio.abc.ReceiveChannel`` of chunks that ends with exactly one
 terminal :class:`Outcome`. Closing it cancels the provider call (or takes the request off the
 queue). A worker streams through ``Endpoint.stream``, so breaker, limiter, retries and metrics
 are the same as for a direct call.
 
-A :class:`Deployment` submits to its endpoints in order. A request moves on to the next
-endpoint when an endpoint refuses it (breaker open, capacity exhausted under ``fallback``,
-budget, context window too small) or fails it before any output reached the caller (retries
-exhausted or nothing worth retrying). The reader's own task drives these moves: no task and no
-extra channel hop per request.
+A :class:`Deployment` routes each request by its strategy (:class:`Router`): endpoints that
+cannot serve right now (breaker open, rate-limit key paused or short, queue full, budget
+spent) are skipped without waiting, and a request that meets a 429, overload or an early
+timeout moves to another endpoint at once; it retries in place only when no other endpoint
+can serve it. It never moves after output reached the caller. The reader's own task drives
+these moves: no task and no extra channel hop per request.
 
 Layout: ``_types`` (priorities, outcomes, statistics), ``_job`` (one request on one queue),
-``_queue`` (the engine), ``_submission`` (the caller's side), ``_deployment`` (routing).
+``_queue`` (the engine), ``_routing`` (strategies and "can serve now"), ``_submission`` (the
+caller's side and the routing walk), ``_deployment`` (the named group of endpoints).
 """
 
 from ._deployment import Deployment
 from ._queue import Engine
-from ._submission import Submission
+from ._routing import Router, capacity_error, circuit_refusal
+from ._submission import Submission, SubmitCall
 from ._types import EngineStatistics, Outcome, Priority
 
-__all__ = ["Deployment", "Engine", "EngineStatistics", "Outcome", "Priority", "Submission"]
+__all__ = [
+    "Deployment",
+    "Engine",
+    "EngineStatistics",
+    "Outcome",
+    "Priority",
+    "Router",
+    "Submission",
+    "SubmitCall",
+    "capacity_error",
+    "circuit_refusal",
+]

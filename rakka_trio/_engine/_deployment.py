@@ -8,15 +8,11 @@ from typing import TYPE_CHECKING
 
 from .._accounting import DeploymentMeter, DeploymentStatistics
 from .._config import DeploymentConfig
-from .._errors import (
-    UnknownEndpoint,
-)
+from .._errors import UnknownEndpoint
 from .._request import ChatRequest, Completion
-
-if TYPE_CHECKING:
-    pass
 from ._job import deadline_after
-from ._submission import Submission
+from ._routing import Router
+from ._submission import Submission, SubmitCall
 from ._types import Priority
 
 if TYPE_CHECKING:
@@ -24,16 +20,18 @@ if TYPE_CHECKING:
 
 
 class Deployment:
-    """A named fallback chain over endpoints (``sup.deployment("chat")``; see docs/engine.md).
+    """Endpoints serving one kind of request (``sup.deployment("chat")``; see docs/engine.md).
 
-    ``stream``, ``complete`` and ``submit`` go through the endpoints' engines in order. A
-    request moves on when an endpoint's breaker is open, its capacity is exhausted (with
-    ``on_full="fallback"``), its budget rejects, the request is too large for its context
-    window, or it failed before any output reached the caller with an error its retries could
-    not fix (server errors, timeouts, network errors, rate limits, exhausted quota). It never
-    moves after output was delivered, and requests marked ``idempotent=False`` move only on
-    refusals that sent nothing. With ``wait_for_recovery``, a request that finds every breaker
-    open waits for the first to recover, within its deadline.
+    ``stream``, ``complete`` and ``submit`` go through the endpoints' engines, in the order the
+    deployment's strategy ranks them for each request (``ordered``: as listed). Endpoints that
+    cannot serve right now are skipped without waiting: breaker open, rate-limit key paused
+    or short of budget, queue full (with ``on_full="fallback"``), budget spent, context window
+    too small. A request that meets a 429, overload or a timeout before the first byte moves
+    to another endpoint at once, and is retried on the same endpoint only when no other can
+    serve it; after other errors its retries run first (unless ``failover_on_first_error``).
+    It never moves after output was delivered, and requests marked ``idempotent=False`` move
+    only on refusals that sent nothing. With ``wait_for_recovery``, a request that finds every
+    breaker open waits for the first to recover, within its deadline.
 
     Leave ``request.model`` unset so each endpoint uses its own configured model.
     """
@@ -47,6 +45,8 @@ class Deployment:
         self._config = config
         self._engines = engines
         self._meter = meter if meter is not None else DeploymentMeter(config.name)
+        self._meter.strategy = config.strategy
+        self._router = Router(config)
 
     @property
     def name(self) -> str:
@@ -63,29 +63,40 @@ class Deployment:
         """The chain's endpoint names, in order."""
         return tuple(self._config.endpoints)
 
-    async def submit(
+    @property
+    def strategy(self) -> str:
+        """The routing strategy (``DeploymentConfig.strategy``)."""
+        return self._config.strategy
+
+    def submit(
         self,
         request: ChatRequest,
         *,
         priority: Priority = Priority.NORMAL,
-    ) -> Submission:
-        """Admit ``request`` to the first endpoint that takes it; returns the
-        :class:`Submission`.
+    ) -> SubmitCall:
+        """Admit ``request`` to the best endpoint that takes it: ``async with
+        dep.submit(req) as sub:`` (closed on exit), or ``sub = await dep.submit(req)``.
 
         The request's deadline is the caller's effective Trio deadline (``with
         trio.fail_after(...)`` around the call), or the deployment's ``timeout`` if sooner; it
         bounds everything: queueing, fallbacks, waits for recovery and the calls.
         """
-        chain = [e for e in map(self._engines, self._config.endpoints) if e is not None]
+        return SubmitCall(self._submit, request, priority)
+
+    async def _submit(self, request: ChatRequest, priority: Priority) -> Submission:
+        config = self._config
+        chain = [e for e in map(self._engines, config.endpoints) if e is not None]
         if not chain:
-            raise UnknownEndpoint(self._config.endpoints[0])
+            raise UnknownEndpoint(config.endpoints[0])
         sub = Submission(
             request,
             priority,
-            deadline_after(self._config.timeout),
+            deadline_after(config.timeout),
             chain,
+            router=self._router,
             meter=self._meter,
-            wait_for_recovery=self._config.wait_for_recovery,
+            wait_for_recovery=config.wait_for_recovery,
+            failover_on_first_error=config.failover_on_first_error,
         )
         await sub._start()
         return sub
@@ -99,8 +110,7 @@ class Deployment:
     ) -> AsyncIterator[Submission]:
         """``async with dep.stream(req) as chunks: async for chunk in chunks`` through the
         chain; leaving the block closes the submission (cancelling the call)."""
-        sub = await self.submit(request, priority=priority)
-        async with sub:
+        async with self.submit(request, priority=priority) as sub:
             yield sub
 
     async def complete(
@@ -111,13 +121,14 @@ class Deployment:
     ) -> Completion:
         """The whole completion through the chain (``Completion.endpoint`` says which
         endpoint served it)."""
-        sub = await self.submit(request, priority=priority)
-        async with sub:
+        async with self.submit(request, priority=priority) as sub:
             return await sub.result()
 
     def statistics(self) -> DeploymentStatistics:
-        """Requests by final outcome and fallbacks so far."""
+        """Requests by final outcome and fallbacks (by endpoint left, destination and cause)
+        so far."""
         return self._meter.snapshot(self._config.endpoints)
 
     def __repr__(self) -> str:
-        return f"<Deployment {self.name!r} {' -> '.join(self._config.endpoints)}>"
+        endpoints = ", ".join(self._config.endpoints)
+        return f"<Deployment {self.name!r} {self._config.strategy} [{endpoints}]>"

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
 from .._chunks import StreamChunk, Usage
 from .._config import EndpointConfig
-from .._errors import (
-    Timeout,
-)
+from .._errors import RakkaError, Timeout
 from .._request import ChatRequest
-
-if TYPE_CHECKING:
-    pass
 from ._types import DONE, QUEUED, WAITING
 
 if TYPE_CHECKING:
@@ -35,6 +31,7 @@ class Job:
         "enqueued_at",
         "error",
         "finish_reason",
+        "move_on",
         "ok",
         "priority",
         "receive",
@@ -69,6 +66,9 @@ class Job:
         self.finish_reason: str | None = None
         self.attempts = 0
         self.waited = 0.0  # seconds on the queue
+        # Asked by the endpoint before it retries a failure on itself: True moves the request
+        # on to another endpoint instead (set by a deployment with somewhere else to go).
+        self.move_on: Callable[[RakkaError], bool] | None = None
 
     def finish(self, error: BaseException | None = None) -> None:
         if self.state == QUEUED:
@@ -103,7 +103,3 @@ def deadline_error(config: EndpointConfig) -> Timeout:
         provider=config.provider,
         endpoint=config.name,
     )
-
-
-# Errors raised before anything was sent: safe to take elsewhere even for requests that must
-# not be repeated.

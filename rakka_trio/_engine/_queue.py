@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -13,18 +13,20 @@ from .._config import EngineConfig
 from .._errors import (
     Backpressure,
     BudgetExceeded,
-    CircuitOpen,
     ContextLengthExceeded,
     RakkaError,
     UnknownEndpoint,
 )
-from .._events import BreakerState
 from .._request import ChatRequest
-
-if TYPE_CHECKING:
-    pass
 from ._job import Job, deadline_after, deadline_error, estimate_tokens
-from ._submission import Submission
+from ._routing import (
+    LATENCY_DECAY,
+    LATENCY_FAILURE_SAMPLE,
+    LATENCY_MEMORY,
+    LATENCY_SMOOTHING,
+    circuit_refusal,
+)
+from ._submission import Submission, SubmitCall
 from ._types import (
     DEFAULT_WORKERS,
     DONE,
@@ -71,6 +73,10 @@ class Engine:
         self._closed = False
         self._submitted = 0
         self._rejected = 0
+        # Routing by latency: a moving average of time to first token, and when it was fed.
+        self._ttft: float | None = None
+        self._ttft_at = -math.inf
+        self._exploring = False
 
     @property
     def name(self) -> str:
@@ -95,16 +101,110 @@ class Engine:
             return max(1, self._max // 2)
         return self._max
 
-    async def submit(
+    def submit(
         self,
         request: ChatRequest,
         *,
         priority: Priority = Priority.NORMAL,
-    ) -> Submission:
+    ) -> SubmitCall:
         """Queue ``request`` (see :meth:`Endpoint.submit <rakka_trio.Endpoint.submit>`)."""
+        return SubmitCall(self._submit, request, priority)
+
+    async def _submit(self, request: ChatRequest, priority: Priority) -> Submission:
         sub = Submission(request, priority, deadline_after(None), [self])
         await sub._start()
         return sub
+
+    # --- what routing reads (never waits, takes nothing) --------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Requests running, queued or waiting for room here."""
+        return self._busy + self._depth + self._waiting_count
+
+    @property
+    def full(self) -> bool:
+        """Every worker busy and the queue full (or others already waiting for room)."""
+        return self._full()
+
+    def headroom(self) -> float:
+        """Rate-limit capacity left (0..1) on the endpoint."""
+        return self._endpoint.headroom()
+
+    def latency_estimate(self, now: float) -> float | None:
+        """The recent time to first token (seconds), ``None`` if unmeasured or forgotten."""
+        if now - self._ttft_at > LATENCY_MEMORY:
+            return None
+        return self._ttft
+
+    def explore(self) -> None:
+        """The ``latency`` strategy sends a request here to measure it again: the result
+        replaces the estimate instead of being averaged into it."""
+        self._exploring = True
+
+    def note_latency(self, seconds: float) -> None:
+        """Feed one time to first token (or a failure's penalty) to the moving average."""
+        now = trio.current_time()
+        gap = now - self._ttft_at
+        if self._ttft is None or gap > LATENCY_MEMORY or self._exploring:
+            self._ttft = seconds
+            self._exploring = False
+        else:
+            weight = max(LATENCY_SMOOTHING, 1.0 - math.exp(-gap / LATENCY_DECAY))
+            self._ttft += weight * (seconds - self._ttft)
+        self._ttft_at = now
+
+    def refusal(self, request: ChatRequest) -> tuple[RakkaError, str | None] | None:
+        """Why ``request`` would be refused here now, with its metrics label; ``None`` if
+        it would be taken. Counts nothing."""
+        if self._closed:
+            return UnknownEndpoint(self._name), None
+        refused = circuit_refusal(self._endpoint.breaker)
+        if refused is not None:
+            return refused, "circuit_open"
+        if self._meter is not None:
+            try:
+                self._meter.cost.check()
+            except BudgetExceeded as exc:
+                return exc, "budget"
+        window = self._endpoint.config.context_window
+        if window is not None and (need := estimate_tokens(request)) > window:
+            too_long = ContextLengthExceeded(
+                f"request needs about {need} tokens; the context window is {window}",
+                provider=self._endpoint.config.provider,
+                endpoint=self._name,
+            )
+            return too_long, "4xx"
+        if self._config.on_full != "queue" and self._full():
+            full = Backpressure(
+                f"endpoint {self._name!r} is at capacity ({self._busy} running, "
+                f"{self._depth} queued)"
+            )
+            return full, "backpressure"
+        return None
+
+    def refuse(self, request: ChatRequest) -> RakkaError | None:
+        """:meth:`refusal`, counted in the endpoint's metrics when there is one."""
+        refused = self.refusal(request)
+        if refused is None:
+            return None
+        exc, label = refused
+        if label is not None:
+            self._count(label)
+        if label == "backpressure":
+            self._rejected += 1
+        return exc
+
+    def wait_estimate(self, request: ChatRequest) -> float:
+        """Seconds before ``request`` could start here: 0.0 now, ``math.inf`` if unknown (a
+        full queue under ``on_full="queue"``, no concurrency permit free)."""
+        if self._full():
+            return math.inf
+        return self._endpoint.wait_estimate(request)
+
+    def can_serve_now(self, request: ChatRequest) -> bool:
+        """Whether ``request`` would be taken and could start at once (counts nothing)."""
+        return self.refusal(request) is None and self.wait_estimate(request) == 0.0
 
     def statistics(self) -> EngineStatistics:
         """A snapshot of the queue and the workers."""
@@ -156,53 +256,22 @@ class Engine:
         self._count(label)
         return exc
 
-    def _precheck(self, request: ChatRequest) -> None:
-        """Refusals known without queueing: closed, breaker open, budget, context window."""
-        if self._closed:
-            raise UnknownEndpoint(self._name)
-        breaker = self._endpoint.breaker
-        if breaker.state in (BreakerState.OPEN, BreakerState.FORCED_OPEN):
-            # Fail fast with the breaker's own CircuitOpen (its retry_at drives recovery
-            # waits); an OPEN breaker refuses without taking a probe permit.
-            try:
-                token = breaker._acquire()
-            except CircuitOpen as exc:
-                raise self._refuse(exc, "circuit_open") from None
-            breaker._release(token)  # it moved to HALF_OPEN in between: let the call probe
-        if self._meter is not None:
-            try:
-                self._meter.cost.check()
-            except BudgetExceeded as exc:
-                raise self._refuse(exc, "budget") from None
-        window = self._endpoint.config.context_window
-        if window is not None and (need := estimate_tokens(request)) > window:
-            raise self._refuse(
-                ContextLengthExceeded(
-                    f"request needs about {need} tokens; the context window is {window}",
-                    provider=self._endpoint.config.provider,
-                    endpoint=self._name,
-                ),
-                "4xx",
-            )
-
     def _has_room(self) -> bool:
         return self._busy + self._depth < self.max_concurrent + self._config.queue_size
 
-    async def _admit(self, job: Job) -> None:
-        """Put ``job`` on the queue, wait for room (``queue`` policy) or raise."""
-        self._precheck(job.request)
-        if self._has_room() and not self._waiting_count:
+    def _full(self) -> bool:
+        return self._waiting_count > 0 or not self._has_room()
+
+    async def _admit(self, job: Job, *, checked: bool = False) -> None:
+        """Put ``job`` on the queue, wait for room (``queue`` policy) or raise the refusal
+        (``checked``: the caller just saw :meth:`refuse` pass)."""
+        if not checked:
+            refused = self.refuse(job.request)
+            if refused is not None:
+                raise refused
+        if not self._full():
             self._enqueue(job)
             return
-        if self._config.on_full != "queue":
-            self._rejected += 1
-            raise self._refuse(
-                Backpressure(
-                    f"endpoint {self._name!r} is at capacity ({self._busy} running, "
-                    f"{self._depth} queued)"
-                ),
-                "backpressure",
-            )
         await self._wait_for_room(job)
 
     async def _wait_for_room(self, job: Job) -> None:
@@ -333,7 +402,9 @@ class Engine:
         try:
             with scope:
                 try:
-                    async with self._endpoint.stream(job.request) as chunks:
+                    async with self._endpoint.stream(job.request, move_on=job.move_on) as chunks:
+                        # The stream is handed over at its first content: time to first token.
+                        self.note_latency(trio.current_time() - now)
                         job.attempts = chunks.attempts
                         send = job.send
                         async for chunk in chunks:
@@ -349,6 +420,8 @@ class Engine:
                     job.abandoned = True  # the reader closed its handle mid-stream
                 except Exception as exc:  # the call's error is the job's outcome
                     job.error = exc
+                    if getattr(exc, "counts_as_circuit_failure", False):
+                        self.note_latency(max(LATENCY_FAILURE_SAMPLE, trio.current_time() - now))
             if scope.cancelled_caught and not job.abandoned and job.error is None:
                 job.error = deadline_error(self._endpoint.config)
         finally:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import trio
@@ -27,11 +27,12 @@ from .._errors import (
     UnknownEndpoint,
 )
 from .._request import ChatRequest, Completion
+from ._job import Job, deadline_error
+from ._routing import Router, capacity_error
+from ._types import CLOSE_WAIT, DONE, QUEUED, RECOVERY_POLL, RUNNING, WAITING, Outcome, Priority
 
 if TYPE_CHECKING:
     from ._queue import Engine
-from ._job import Job, deadline_error
-from ._types import CLOSE_WAIT, DONE, QUEUED, RECOVERY_POLL, RUNNING, WAITING, Outcome, Priority
 
 log = logging.getLogger("rakka_trio.engine")
 
@@ -57,19 +58,60 @@ def _falls_back(exc: BaseException, engine: Engine, request: ChatRequest) -> boo
         return False
     if isinstance(exc, Timeout) and exc.phase == "deadline":
         return False  # the request's own time is up: no endpoint can help
+    if capacity_error(exc):
+        return True  # no capacity on that server (even if it says not to retry *there*)
     # The endpoint's retries are exhausted (or it was not worth retrying there), or its
     # account is out of quota: another endpoint may well serve it.
     return isinstance(exc, QuotaExhausted) or (isinstance(exc, ProviderError) and exc.retryable)
 
 
-class Submission:
-    """A request admitted to an engine (``await endpoint.submit(...)``) or a deployment.
+class SubmitCall:
+    """What ``submit(request)`` returns: use it as ``async with ep.submit(req) as sub:`` (the
+    request is admitted on entry and the :class:`Submission` closed on exit), or ``await`` it
+    for the :class:`Submission` itself.
 
-    Read its chunks with ``async for chunk in submission`` (or :meth:`receive`), or
-    everything at once with :meth:`result`. It ends with exactly one :attr:`outcome`: a
-    completed stream ends the iteration, an error is raised from it. Use it as
-    ``async with submission:`` — closing it cancels the provider call (or takes the request
-    off the queue); :meth:`aclose` returns once the call has ended.
+    Admission happens when it is entered or awaited, so the caller's Trio deadline at that
+    moment becomes the request's deadline.
+    """
+
+    __slots__ = ("_args", "_fn", "_sub")
+
+    def __init__(
+        self, fn: Callable[[ChatRequest, Priority], Awaitable[Submission]], *args: Any
+    ) -> None:
+        self._fn = fn
+        self._args = args
+        self._sub: Submission | None = None
+
+    def __await__(self) -> Generator[Any, None, Submission]:
+        return self._fn(*self._args).__await__()
+
+    async def __aenter__(self) -> Submission:
+        if self._sub is not None:
+            raise RuntimeError("this submit(...) was already entered")
+        self._sub = await self._fn(*self._args)
+        return self._sub
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._sub is not None:
+            await self._sub.aclose()
+
+
+class Submission(trio.abc.ReceiveChannel[StreamChunk]):
+    """A request admitted to an engine (``endpoint.submit(...)``) or a deployment.
+
+    A :class:`trio.abc.ReceiveChannel` of :class:`~rakka_trio.StreamChunk`, like
+    :class:`~rakka_trio.ChunkStream`: read its chunks with ``async for chunk in submission``
+    or :meth:`receive` (:class:`trio.EndOfChannel` after the last), or everything at once
+    with :meth:`result`. It ends with exactly one :attr:`outcome`: a completed stream ends
+    the iteration, an error is raised from it. Closing it (``async with``, :meth:`aclose`)
+    cancels the provider call or takes the request off the queue; :meth:`aclose` returns
+    once the call has ended.
     """
 
     def __init__(
@@ -79,8 +121,10 @@ class Submission:
         deadline: float,
         chain: Sequence[Engine],
         *,
+        router: Router | None = None,
         meter: DeploymentMeter | None = None,
         wait_for_recovery: bool = False,
+        failover_on_first_error: bool = False,
     ) -> None:
         if not isinstance(priority, Priority):
             raise TypeError(f"priority must be a rakka_trio.Priority, got {priority!r}")
@@ -88,9 +132,12 @@ class Submission:
         self._priority = priority
         self._deadline = deadline
         self._chain = chain
+        self._router = router
         self._meter = meter
         self._wait_for_recovery = wait_for_recovery
-        self._index = 0
+        self._failover = failover_on_first_error
+        self._visited: list[Engine] = []  # endpoints that took the request in this pass
+        self._left: tuple[Engine, BaseException] | None = None  # failed there; moving on
         self._job: Job | None = None
         self._fallbacks: list[str] = []
         self._queued = 0.0
@@ -263,42 +310,118 @@ class Submission:
     async def _start(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            await self._admit(0)
+            await self._admit()
         except BaseException as exc:
             # Refused everywhere: no handle is returned, so the deployment's count is here.
             if self._meter is not None:
                 self._meter.requests[outcome_of(exc)] += 1
             raise
 
-    async def _admit(self, start: int) -> None:
-        """Admit the request to the first endpoint from ``start`` that takes it."""
-        chain = self._chain
+    async def _admit(self) -> None:
+        """Admit the request to the best endpoint that can take it now.
+
+        Endpoints are taken in the router's order; one that refuses (breaker, budget, queue
+        full, context window) is skipped, and one that would make the request wait (a paused
+        or short rate-limit key, a full queue under ``on_full="queue"``) is kept for later:
+        only when no endpoint can serve at once does the request wait, where the wait is
+        shortest. Never awaits except to wait for room, or for a breaker to recover.
+        """
+        request = self._request
         while True:
+            candidates = [e for e in self._chain if e not in self._visited]
+            if self._router is not None:
+                candidates = self._router.rank(candidates)
             refusals: list[RakkaError] = []
-            for index in range(start, len(chain)):
-                engine = chain[index]
-                job = Job(engine, self._request, self._priority, self._deadline)
-                try:
-                    await engine._admit(job)
-                except RakkaError as exc:
-                    if index == len(chain) - 1 or not _falls_back(exc, engine, self._request):
-                        refusals.append(exc)
-                        break
-                    self._moved(engine, exc)
-                    refusals.append(exc)
-                    continue
-                self._job, self._index = job, index
-                if self._closed:  # closed by another task while this one moved it on
-                    self._abandon(job)
-                    raise trio.ClosedResourceError("the submission was closed")
-                return
-            wake = self._recovery_time(refusals, len(chain) - start)
+            passed: list[tuple[int, Engine, str]] = []  # (rank, endpoint, cause) skipped
+            later: list[tuple[float, int, Engine]] = []  # (wait, rank, endpoint)
+            for rank, engine in enumerate(candidates):
+                refused = engine.refuse(request)
+                if refused is None and len(candidates) > 1:
+                    wait = engine.wait_estimate(request)
+                    if wait > 0.0:
+                        full = math.isinf(wait) and engine.full
+                        cause = "Backpressure" if full else "RateLimitExceeded"
+                        later.append((wait, rank, engine))
+                        passed.append((rank, engine, cause))
+                        continue
+                if refused is None:
+                    refused = await self._enter(engine, rank, passed)
+                    if refused is None:
+                        return
+                refusals.append(refused)
+                if not _falls_back(refused, engine, request):
+                    raise self._chained(refused)
+                passed.append((rank, engine, type(refused).__name__))
+            # Nobody can serve at once: wait where the wait is shortest.
+            later.sort(key=lambda item: item[:2])
+            for _wait, rank, engine in later:
+                passed = [p for p in passed if p[1] is not engine]
+                refused = engine.refuse(request)
+                if refused is None:
+                    refused = await self._enter(engine, rank, passed)
+                    if refused is None:
+                        return
+                refusals.append(refused)
+                if not _falls_back(refused, engine, request):
+                    raise self._chained(refused)
+                passed.append((rank, engine, type(refused).__name__))
+            if not refusals:  # every endpoint of the chain already failed this request
+                assert self._left is not None
+                raise self._left[1]
+            wake = self._recovery_time(refusals, len(candidates))
             if wake is None:
-                raise refusals[-1]
+                raise self._chained(refusals[-1])
             if self._meter is not None:
                 self._meter.recovery_waits += 1
             await trio.sleep_until(wake)
-            start = 0  # the preferred endpoints first again
+            self._visited.clear()  # the preferred endpoints first again
+
+    async def _enter(
+        self, engine: Engine, rank: int, passed: list[tuple[int, Engine, str]]
+    ) -> RakkaError | None:
+        """Queue the request on ``engine`` (just checked); its refusal, or ``None``."""
+        job = Job(engine, self._request, self._priority, self._deadline)
+        if len(self._chain) > 1:
+            job.move_on = self._move_on
+        self._visited.append(engine)
+        try:
+            await engine._admit(job, checked=True)
+        except RakkaError as exc:
+            return exc
+        # Count the moves that brought the request here: from the endpoint it failed on, and
+        # from every endpoint the strategy preferred but that could not serve it.
+        if self._left is not None:
+            left, error = self._left
+            self._left = None
+            if left is not engine:
+                self._moved(left, engine, type(error).__name__)
+        for skipped_rank, skipped, cause in passed:
+            if skipped_rank < rank and skipped is not engine:
+                self._moved(skipped, engine, cause)
+        self._job = job
+        if self._closed:  # closed by another task while this one moved it on
+            self._abandon(job)
+            raise trio.ClosedResourceError("the submission was closed")
+        return None
+
+    def _chained(self, refusal: RakkaError) -> RakkaError:
+        """The error to raise when no endpoint takes the request: the last refusal, caused
+        by the failure that made the request move on, if any."""
+        if self._left is not None and refusal.__cause__ is None:
+            refusal.__cause__ = self._left[1]
+        return refusal
+
+    def _move_on(self, exc: RakkaError) -> bool:
+        """Asked by the serving endpoint before it retries ``exc`` on itself (no output was
+        delivered): True when the request should move on instead, because the error says
+        "no capacity here" (or, with ``failover_on_first_error``, counts against the
+        breaker) and another endpoint can serve it right now."""
+        if not (capacity_error(exc) or (self._failover and exc.counts_as_circuit_failure)):
+            return False
+        request = self._request
+        return any(
+            engine not in self._visited and engine.can_serve_now(request) for engine in self._chain
+        )
 
     def _recovery_time(self, refusals: list[RakkaError], tried: int) -> float | None:
         """When to try the chain again if every endpoint is cooling down (else ``None``)."""
@@ -310,11 +433,11 @@ class Submission:
         wake = max(retry_at, trio.current_time() + RECOVERY_POLL)
         return wake if wake < self._deadline else None
 
-    def _moved(self, engine: Engine, exc: BaseException) -> None:
-        self._fallbacks.append(engine.name)
+    def _moved(self, left: Engine, to: Engine, cause: str) -> None:
+        self._fallbacks.append(left.name)
         if self._meter is not None:
-            self._meter.fallback(engine.name, exc)
-        log.info("request moves on from %s (%s)", engine.name, type(exc).__name__)
+            self._meter.fallback(left.name, to.name, cause)
+        log.info("request moves on from %s to %s (%s)", left.name, to.name, cause)
 
     async def _wait(self, job: Job) -> StreamChunk:
         """Wait for the job's next chunk; a deadline passed while still queued ends it."""
@@ -335,14 +458,14 @@ class Submission:
         exc = job.error or UnknownEndpoint(job.engine.name)  # worker cancelled: engine closed
         if (
             not self._delivered
-            and self._index < len(self._chain) - 1
+            and any(engine not in self._visited for engine in self._chain)
             and _falls_back(exc, job.engine, self._request)
         ):
             self._queued += job.waited
-            self._moved(job.engine, exc)
+            self._left = (job.engine, exc)
             self._collected.clear()  # a result() in progress drops the partial output
             try:
-                await self._admit(self._index + 1)
+                await self._admit()
             except BaseException as refusal:
                 if isinstance(refusal, RakkaError):
                     self._finish("error", refusal)

@@ -11,6 +11,7 @@ import attrs
 
 from .._chunks import StreamChunk, Usage
 from .._config import EndpointConfig
+from .._errors import RakkaError
 from .._request import ChatRequest
 
 if TYPE_CHECKING:
@@ -102,7 +103,17 @@ class Streamer(Protocol):
     @property
     def breaker(self) -> BreakerHandle: ...
 
-    def stream(self, request: ChatRequest) -> AbstractAsyncContextManager[ChunkSource]: ...
+    def stream(
+        self, request: ChatRequest, *, move_on: Callable[[RakkaError], bool] | None = None
+    ) -> AbstractAsyncContextManager[ChunkSource]: ...
+
+    def wait_estimate(self, request: ChatRequest) -> float:
+        """Seconds the rate limiter would make ``request`` wait now (takes nothing)."""
+        ...
+
+    def headroom(self) -> float:
+        """Rate-limit capacity left, 0..1 (1.0 without limits)."""
+        ...
 
 
 Spawn = Callable[..., None]  # Supervisor.start_task(name, async_fn, *args)

@@ -130,6 +130,20 @@ class LimiterHandle:
             key = self._key(model)
         return key.try_acquire(cost)
 
+    def wait_estimate(self, cost: Cost | None = None, *, model: str | None = None) -> float:
+        """Seconds an admission of ``cost`` (default: one request) would wait now; takes
+        nothing and never awaits.
+
+        ``0.0`` means it would be admitted at once; a 429 pause, a short budget and anyone
+        already in line make it longer; ``math.inf`` means never (the cost exceeds a burst)
+        or not until a concurrency permit is returned. Deployments use it to skip an
+        endpoint that cannot serve right now.
+        """
+        key = self._default if model is None else self._keys.get(model)
+        if key is None:
+            key = self._key(model)
+        return key.wait_estimate((cost if cost is not None else ONE_REQUEST)._v)
+
     async def acquire(
         self,
         cost: Cost = ONE_REQUEST,

@@ -183,6 +183,22 @@ class Key:
         ahead = self.queue_ahead() if self._waiters else None
         return max(self._estimate(v, now, ahead), self._paused_until - now, 0.0)
 
+    def wait_estimate(self, v: Vector) -> float:
+        """Seconds ``v`` would wait if asked now (0.0: admitted at once), taking nothing.
+
+        ``math.inf`` when it can never fit (larger than a burst) or must wait for a
+        concurrency permit to come back (no time is known for that).
+        """
+        bursts = self._bursts()
+        for d in self.spec.dims:
+            if v[d] > bursts[d]:
+                return math.inf
+        if not self._permits_free():
+            return math.inf
+        now = self._clock()
+        ahead = self.queue_ahead() if self._waiters else None
+        return max(self._estimate(v, now, ahead), self._paused_until - now, 0.0)
+
     def try_acquire(self, cost: Cost) -> float:
         """Take ``cost`` now and return 0.0, or return the wait it needs and take nothing."""
         v = cost._v
