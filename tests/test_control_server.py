@@ -504,20 +504,30 @@ async def test_token_bucket_refills_continuously(mock_clock: trio.testing.MockCl
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]
 
 
-async def test_connection_cap() -> None:
+async def test_connection_cap_refuses_viewers_but_never_the_operator() -> None:
     with trio.fail_after(10):
-        async with control_server(max_connections=2) as (_, srv), operator(srv.url) as first:
-            async with operator(srv.url), peer(srv.url) as third:
-                refused = await third.recv()
+        async with (
+            control_server(max_connections=2, allow_viewers=True) as (_, srv),
+            peer(srv.url) as first,
+        ):
+            assert (await first.hello(token=None))["role"] == "viewer"
+            async with peer(srv.url) as second, peer(srv.url) as third:
+                assert (await second.hello(token=None))["role"] == "viewer"
+                refused = await third.hello(token=None)
                 assert refused["code"] == "too_many_connections"
                 assert (await third.closed()).code == 1013
                 assert srv.statistics().refused_capacity == 1
+                # The operator token gets in past the cap.
+                async with operator(srv.url) as op:
+                    await op.send({"type": "get_state", "id": 1})
+                    assert (await op.recv_type("ack"))["id"] == 1
+                    assert srv.statistics().active_connections == 3
             await wait_for(lambda: srv.statistics().active_connections == 1)
-            async with operator(srv.url) as again:
-                await again.send({"type": "get_state", "id": 1})
-                assert (await again.recv_type("ack"))["id"] == 1
+            async with peer(srv.url) as again:
+                assert (await again.hello(token=None))["role"] == "viewer"
             await first.send({"type": "get_state", "id": 2})
             assert (await first.recv_type("ack"))["id"] == 2
+            assert srv.statistics().refused_capacity == 1
 
 
 async def test_abrupt_disconnects_do_not_disturb_the_server() -> None:
@@ -553,13 +563,18 @@ async def test_a_client_that_never_reads_gets_lagged_and_slows_nobody() -> None:
             slow = await RawPeer.connect(srv.port)  # 4 KiB receive buffer, and never reads
             await slow.send({"type": "hello", "token": TOKEN, "client": "slow"})
             # ~55 KB stats frames at 200 Hz; 300 of them are several times what the slow
-            # client's socket buffers can hold, so its server-side queue has been dropping.
+            # client's socket buffers can hold, so its writer is stuck in a send. (Stats are a
+            # newest-only slot, never queued: only events can lag.)
             for _ in range(300):
                 await good.recv_type("stats")
-            sup.force_open("ep000", reason="during the stall")  # synchronous: returns at once
+            for i in range(1, 21):  # 40 events (commands, transitions) for a queue of 4
+                sup.force_open(f"ep{i:03d}", reason="flood")  # synchronous: returns at once
+            sup.force_open("ep000", reason="during the stall")
             with trio.fail_after(2):
-                transition = await good.recv_type("transition")
-            assert transition["reason"] == "during the stall"
+                transition = await good.recv_until(
+                    lambda f: f["type"] == "transition" and f["reason"] == "during the stall"
+                )
+            assert transition["endpoint"] == "ep000"
 
             # The stalled client finally reads: it lost events and was told so.
             frames: list[dict[str, Any]] = []
