@@ -7,6 +7,7 @@ Real clock with ``trio.fail_after`` bounds; the rate limiter's timing rule is te
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -25,12 +26,15 @@ from wsproto.events import TextMessage
 
 import rakka_trio as rk
 from rakka_trio import BreakerState as S
-from rakka_trio._control._connection import _TokenBucket
+from rakka_trio._control._connection import _Connection, _Counters, _TokenBucket
+from rakka_trio._control._feed import Feed
+from rakka_trio._control._guards import LogLimiter
 
 from .control_helpers import (
     TOKEN,
     Peer,
     RawPeer,
+    client_frame,
     control_server,
     operator,
     peer,
@@ -621,6 +625,125 @@ async def test_a_client_stuck_for_longer_than_send_timeout_is_disconnected() -> 
             await wait_for(lambda: srv.statistics().active_connections == 1)
             assert srv.statistics().closed_for_abuse == 1
             nursery.cancel_scope.cancel()
+
+
+# --- nothing a connection does leaves it ----------------------------------------------------
+
+
+async def test_binary_then_oversize_frame_before_hello_cannot_take_the_app_down() -> None:
+    # The binary frame is refused and the server starts closing; the 4 MiB frame then made
+    # trio-websocket try to send a second close (1009) in the closing state, and wsproto's
+    # error escaped serve_control into the application's nursery.
+    with trio.fail_after(20):
+        async with control_server("a") as (sup, srv):
+            for _ in range(3):
+                raw = await RawPeer.connect(srv.port, rcvbuf=None)
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await raw.send_raw(client_frame(2, b"\x00binary"))
+                    await raw.send_raw(client_frame(1, b"x" * (4 * 2**20)))
+                await raw.until_closed()
+                await raw.aclose()
+            await wait_for(lambda: srv.statistics().unauthenticated == 0)
+            async with operator(srv.url) as op:
+                await op.send({"type": "force_open", "id": 1, "endpoint": "a"})
+                assert (await op.recv_type("ack"))["state"] == "forced_open"
+            assert sup.breaker("a").state is S.FORCED_OPEN
+
+
+@pytest.mark.parametrize("after_hello", [False, True])
+async def test_invalid_utf8_in_a_text_frame_closes_with_1007(after_hello: bool) -> None:
+    with trio.fail_after(10):
+        async with control_server() as (_, srv), operator(srv.url, "good") as good:
+            raw = await RawPeer.connect(srv.port, rcvbuf=None)
+            if after_hello:
+                await raw.send({"type": "hello", "token": TOKEN})
+                assert (await raw.recv() or {}).get("type") == "welcome"
+            await raw.send_raw(client_frame(1, b'{"type":"get_state","id":"\xff\xfe"}'))
+            assert await raw.until_closed() == 1007
+            await raw.aclose()
+            await good.send({"type": "get_state", "id": 1})
+            assert (await good.recv_type("ack"))["id"] == 1
+
+
+# --- the stats broadcast --------------------------------------------------------------------
+
+
+class _RecordingConnection(_Connection):
+    def __init__(self, conn_id: int, offers: list[tuple[float, int, str]]) -> None:
+        super().__init__(conn_id, None, f"127.0.0.1:{conn_id}")  # type: ignore[arg-type]
+        self._offers = offers
+
+    def offer_stats(self, at: float, text: str) -> None:
+        self._offers.append((trio.current_time(), self.id, text))
+
+
+def _feed(sup: rk.Supervisor) -> Feed:
+    return Feed(
+        sup,
+        counters=_Counters(),
+        log_limiter=LogLimiter(30.0),
+        max_message_size=65536,
+        command_rate=10.0,
+        command_burst=20,
+        event_buffer=16,
+        send_timeout=1.0,
+    )
+
+
+async def test_each_stats_tick_is_encoded_once_and_spread(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with rk.open_supervisor(supervisor_config(stats_interval=1.0)) as sup:
+            feed = _feed(sup)
+            offers: list[tuple[float, int, str]] = []
+            feed.connections.update(_RecordingConnection(i, offers) for i in range(40))
+            start = trio.current_time()
+            await feed._spread_stats(rk.Stats(at=start, statistics=sup.statistics()))
+    assert sorted(conn_id for _, conn_id, _ in offers) == list(range(40))  # everyone, once
+    assert len({id(text) for _, _, text in offers}) == 1  # one encoded text, shared
+    assert json.loads(offers[0][2])["type"] == "stats"
+    instants: dict[float, int] = {}
+    for at, _, _ in offers:
+        instants[at] = instants.get(at, 0) + 1
+    # Batches of at most 16, the first at once, all within a quarter of a second.
+    assert max(instants.values()) <= 16 and len(instants) == 3
+    assert min(instants) == start and max(instants) - start <= 0.25
+
+
+class _SentLog:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send_message(self, text: str) -> None:
+        self.sent.append(text)
+
+
+async def test_a_stats_snapshot_older_than_a_sent_transition_is_skipped() -> None:
+    async with rk.open_supervisor(supervisor_config()) as sup:
+        feed = _feed(sup)
+        ws = _SentLog()
+        conn = _Connection(1, ws, "127.0.0.1:1")  # type: ignore[arg-type]
+        conn.state_at = 5.0  # a transition at t=5 went out
+        conn.stats = (4.0, "older")
+        await feed._send_stats(conn)
+        conn.stats = (5.0, "same instant")
+        await feed._send_stats(conn)
+        assert ws.sent == ["same instant"] and conn.stats is None
+
+
+async def test_many_viewers_each_get_every_stats_tick() -> None:
+    with trio.fail_after(20):
+        async with control_server("a", stats_interval=0.1, allow_viewers=True) as (_, srv):
+            async with contextlib.AsyncExitStack() as stack:
+                viewers = []
+                for _ in range(40):
+                    viewers.append(await stack.enter_async_context(peer(srv.url)))
+                    assert (await viewers[-1].hello(token=None))["role"] == "viewer"
+                ticks = [[(await v.recv_type("stats"))["wall"] for _ in range(3)] for v in viewers]
+            # Newest-only slots may skip a tick for a slow reader, but never reorder them.
+            assert all(t == sorted(t) and len(set(t)) == 3 for t in ticks)
+            assert srv.statistics().stats_broadcasts >= 3
 
 
 # --- TLS ------------------------------------------------------------------------------------

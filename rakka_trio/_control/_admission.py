@@ -97,6 +97,9 @@ class Gate:
                 ws, request = await start_websocket(
                     nursery, stream, max_message_size=self._max_frame_size
                 )
+                if request is None:
+                    self._refused(key, "closed %s: no valid websocket upgrade", peer)
+                    return None
                 origin = refused_origin(request.headers, self._origins)
                 if origin is not None:
                     self._counters.refused_origin += 1

@@ -41,14 +41,35 @@ class ServerWebSocket(WebSocketConnection):
 
 async def start_websocket(
     nursery: trio.Nursery, stream: trio.abc.Stream, *, max_message_size: int
-) -> tuple[ServerWebSocket, WebSocketRequest]:
+) -> tuple[ServerWebSocket, WebSocketRequest | None]:
     """Run the websocket protocol over ``stream`` (its reader task in ``nursery``) and wait
-    for the client's upgrade request. The caller bounds the wait and accepts or rejects."""
+    for the client's upgrade request; ``None`` when the connection ended without one (not
+    HTTP at all, say). The caller bounds the wait and accepts or rejects the request."""
     ws = ServerWebSocket(
         stream, WSConnection(ConnectionType.SERVER), max_message_size=max_message_size
     )
-    nursery.start_soon(ws._reader_task)
-    request = await ws._get_request()
+    reader_done = trio.Event()
+
+    async def read() -> None:
+        try:
+            await ws._reader_task()
+        finally:
+            reader_done.set()
+
+    nursery.start_soon(read)
+    request: WebSocketRequest | None = None
+    async with trio.open_nursery() as race:
+
+        async def wait_for_request() -> None:
+            nonlocal request
+            request = await ws._get_request()
+            race.cancel_scope.cancel()
+
+        race.start_soon(wait_for_request)
+        # A reader that stops before the request arrived means no request will: trio-
+        # websocket has answered a malformed upgrade (400) or the peer has gone.
+        await reader_done.wait()
+        race.cancel_scope.cancel()
     return ws, request
 
 
