@@ -11,11 +11,13 @@ its log line rate-limited per peer.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Final
 
 import trio
 from trio_websocket import WebSocketConnection
@@ -36,10 +38,12 @@ from ._connection import (
     close_websocket,
     refuse,
 )
-from ._guards import HelloThrottle, LogLimiter, WaitingRoom, refused_origin
+from ._guards import HelloThrottle, LogLimiter, Waiting, WaitingRoom, refused_origin
 from ._transport import start_websocket
 
 log = logging.getLogger("rakka_trio.control")
+
+_ORIGIN_REFUSED: Final = b"this Origin may not use the control plane (see allowed_origins)\n"
 
 
 class Gate:
@@ -88,10 +92,15 @@ class Gate:
         self, nursery: trio.Nursery, stream: trio.abc.Stream, peer: str, key: str
     ) -> _Connection | None:
         """The admitted connection (``role`` set, not yet welcomed), or ``None`` when it was
-        refused or went away. The websocket's reader task runs in ``nursery``."""
+        refused or went away. The websocket's reader task runs in ``nursery``.
+
+        Decisions are taken inside the waiting scope (which eviction and the hello deadline
+        cancel); a refusal is sent after it, bounded on its own, so it is never cut short
+        or counted twice."""
         waiting = self._room.enter(key, trio.current_time() + self._hello_timeout)
         ws: WebSocketConnection | None = None
         conn: _Connection | None = None
+        refusal: Callable[[], Awaitable[None]] | None = None
         try:
             with waiting.scope:
                 ws, request = await start_websocket(
@@ -104,22 +113,18 @@ class Gate:
                 if origin is not None:
                     self._counters.refused_origin += 1
                     self._refused(key, "refused %s: Origin %r is not allowed", peer, redact(origin))
-                    await request.reject(403, body=b"this Origin may not use the control plane")
-                    return None
-                await request.accept()
-                conn = _Connection(next(self._ids), ws, peer)
-                hello = await self._receive_hello(conn, key)
-                if hello is None:
-                    return None
-                # The hello is in: from here only the throttle can hold the socket (and it
-                # is bounded), so the hello deadline no longer applies.
-                waiting.scope.deadline = math.inf
-                if await self._grant(conn, key, hello):
-                    return conn
-                return None
+                    refusal = functools.partial(request.reject, 403, body=_ORIGIN_REFUSED)
+                else:
+                    await request.accept()
+                    conn = _Connection(next(self._ids), ws, peer)
+                    refusal = await self._check(conn, key, waiting)
         finally:
             self._room.leave(waiting)
-        # Only reached when the scope was cancelled: evicted or out of time.
+        if refusal is not None:
+            await refusal()
+            return None
+        if not waiting.scope.cancelled_caught:
+            return conn
         self._counters.refused_handshakes += 1
         if waiting.evicted:
             self._log.log(
@@ -150,40 +155,36 @@ class Gate:
         self._counters.refused_handshakes += 1
         self._log.log(log, logging.WARNING, f"refused:{key}", "control: " + message, *args)
 
-    async def _receive_hello(self, conn: _Connection, key: str) -> proto.Hello | None:
-        """The first frame, which must be a valid ``hello``; on anything else the client is
-        told why and disconnected (``None``)."""
-        message = await conn.ws.get_message()
-        problem = frame_problem(message, self._max_message_size)
-        msg_id: proto.MessageId | None = None
-        if problem is None:
-            assert isinstance(message, str)
-            try:
-                msg = proto.decode_client_message(message)
-            except proto.ProtocolError as exc:
-                problem, msg_id = (exc.code, exc.message), exc.id
-            else:
-                if not isinstance(msg, proto.Hello):
-                    problem = (
-                        proto.ErrorCode.HELLO_REQUIRED,
-                        'the first frame must be {"type":"hello","token":...,"client":...}',
-                    )
-                    msg_id = msg.id
-                elif msg.protocol is not None and msg.protocol != proto.PROTOCOL_VERSION:
-                    problem = (
-                        proto.ErrorCode.UNSUPPORTED_PROTOCOL,
-                        f"this server speaks protocol {proto.PROTOCOL_VERSION}",
-                    )
-                else:
-                    return msg
-        code, text = problem
-        close = CLOSE_TOO_BIG if code == proto.ErrorCode.TOO_LARGE else CLOSE_PROTOCOL_ERROR
-        self._refused(key, "refused %s: bad first frame (%s)", conn.peer, code)
-        await refuse(conn.ws, self._counters, code, text, close, id=msg_id)
-        return None
+    def _refusal(
+        self,
+        conn: _Connection,
+        code: str,
+        message: str,
+        close_code: int,
+        *,
+        id: proto.MessageId | None = None,
+        count_abuse: bool = True,
+    ) -> Callable[[], Awaitable[None]]:
+        return functools.partial(
+            refuse, conn.ws, self._counters, code, message, close_code, id=id,
+            count_abuse=count_abuse,
+        )  # fmt: skip
 
-    async def _grant(self, conn: _Connection, key: str, hello: proto.Hello) -> bool:
-        """Decide the role (after the peer's throttle delay); ``False`` if refused."""
+    async def _check(
+        self, conn: _Connection, key: str, waiting: Waiting
+    ) -> Callable[[], Awaitable[None]] | None:
+        """Read the hello and decide: ``None`` admits ``conn`` (its role set), anything else
+        is the refusal to send."""
+        message = await conn.ws.get_message()
+        hello = self._parse_hello(message)
+        if not isinstance(hello, proto.Hello):
+            code, text, msg_id = hello
+            self._refused(key, "refused %s: bad first frame (%s)", conn.peer, code)
+            close = CLOSE_TOO_BIG if code == proto.ErrorCode.TOO_LARGE else CLOSE_PROTOCOL_ERROR
+            return self._refusal(conn, code, text, close, id=msg_id)
+        # The hello is in: from here only the throttle can hold the socket (and it is
+        # bounded), so the hello deadline no longer applies.
+        waiting.scope.deadline = math.inf
         ready_at = self._throttle.ready_at(key)
         if ready_at > trio.current_time():
             # Earlier hellos from this peer failed: this one waits its turn, whatever its
@@ -208,33 +209,55 @@ class Gate:
         if role is None:
             self._counters.refused_auth += 1
             self._counters.refused_handshakes += 1
-            await refuse(
-                conn.ws,
-                self._counters,
+            return self._refusal(
+                conn,
                 proto.ErrorCode.UNAUTHORIZED,
                 "a valid operator token is required",
                 CLOSE_POLICY_VIOLATION,
                 count_abuse=False,
             )
-            return False
         if role == VIEWER and self._served() >= self._max_connections:
             self._counters.refused_capacity += 1
             self._refused(
                 key, "refused viewer %s: %d connections is the limit", conn.peer,
                 self._max_connections,
             )  # fmt: skip
-            await refuse(
-                conn.ws,
-                self._counters,
+            return self._refusal(
+                conn,
                 proto.ErrorCode.TOO_MANY_CONNECTIONS,
                 f"the server allows {self._max_connections} connections; try again later",
                 CLOSE_TRY_AGAIN_LATER,
                 count_abuse=False,
             )
-            return False
         conn.role = role
         conn.actor = f"{client}@{conn.peer}"
-        return True
+        return None
+
+    def _parse_hello(
+        self, message: str | bytes
+    ) -> proto.Hello | tuple[str, str, proto.MessageId | None]:
+        """The hello, or ``(error code, message, id)`` for any other first frame."""
+        problem = frame_problem(message, self._max_message_size)
+        if problem is not None:
+            return (*problem, None)
+        assert isinstance(message, str)
+        try:
+            msg = proto.decode_client_message(message)
+        except proto.ProtocolError as exc:
+            return exc.code, exc.message, exc.id
+        if not isinstance(msg, proto.Hello):
+            return (
+                proto.ErrorCode.HELLO_REQUIRED,
+                'the first frame must be {"type":"hello","token":...,"client":...}',
+                msg.id,
+            )
+        if msg.protocol is not None and msg.protocol != proto.PROTOCOL_VERSION:
+            return (
+                proto.ErrorCode.UNSUPPORTED_PROTOCOL,
+                f"this server speaks protocol {proto.PROTOCOL_VERSION}",
+                None,
+            )
+        return msg
 
     def _role(self, token: str | None) -> str | None:
         """``"operator"``, ``"viewer"`` or ``None`` (refused)."""

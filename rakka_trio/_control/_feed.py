@@ -271,14 +271,22 @@ class Feed:
         stats at all) only while some connection is being served."""
         while True:
             await self._clients_present.wait()
-            async with self._sup.subscribe(buffer=2, stats=True) as sub:
+            async with self._sup.subscribe(buffer=8, stats=True) as sub:
                 while self.connections:
                     try:
                         event = await sub.receive()
                     except trio.EndOfChannel:
                         return  # the supervisor has stopped
-                    if isinstance(event, Stats):
+                    if not isinstance(event, Stats):
+                        continue
+                    try:
                         await self._spread_stats(event)
+                    except Exception as exc:
+                        # This task serves every connection: a bad tick costs that tick only.
+                        self._log.log(
+                            log, logging.ERROR, "stats", "control: stats broadcast failed",
+                            exc_info=exc,
+                        )  # fmt: skip
 
     async def _spread_stats(self, event: Stats) -> None:
         """Encode the tick once, then offer it to the connections in batches spread over a
