@@ -706,8 +706,8 @@ async def test_each_stats_tick_is_encoded_once_and_spread(
     instants: dict[float, int] = {}
     for at, _, _ in offers:
         instants[at] = instants.get(at, 0) + 1
-    # Batches of at most 16, the first at once, all within a quarter of a second.
-    assert max(instants.values()) <= 16 and len(instants) == 3
+    # Batches of at most 8, the first at once, all within a quarter of a second.
+    assert max(instants.values()) <= 8 and len(instants) == 5
     assert min(instants) == start and max(instants) - start <= 0.25
 
 

@@ -21,7 +21,7 @@ _CLOSE_TIMEOUT: Final = 2.0  # how long a closing handshake may take before we j
 _ENCODE_CACHE: Final = 32  # events encoded once and shared by every connection
 _EVICT_GRACE: Final = 0.1  # an evicted socket gets its close frame, not a wait for the reply
 _LOG_INTERVAL: Final = 30.0  # at most one log line per peer (or per kind) this often
-_STATS_BATCH: Final = 16  # connections handed a stats frame at once
+_STATS_BATCH: Final = 8  # connections handed a stats frame at once
 _STATS_SPREAD: Final = 0.5  # share of stats_interval over which the batches are spread
 _STATS_SPREAD_MAX: Final = 0.25  # ... but never longer than this many seconds
 
