@@ -62,7 +62,8 @@ async def squat(srv: rk.ControlServer, source: str, *, upgrade: bool = True) -> 
 
 async def test_squatting_sockets_never_lock_out_the_operator() -> None:
     with trio.fail_after(30):
-        async with control_server("a") as (sup, srv):  # 64 connections, 8 waiting per peer
+        # 64 connections, 8 waiting per peer; squatters must not time out while we set up.
+        async with control_server("a", hello_timeout=120) as (sup, srv):
             squatters: list[RawPeer] = []
             for i in range(64):
                 # 8 addresses x 8 sockets: every per-peer limit and the total are full. Half
@@ -86,7 +87,7 @@ async def test_squatting_sockets_never_lock_out_the_operator() -> None:
 
 async def test_waiting_sockets_are_limited_per_peer_oldest_first() -> None:
     with trio.fail_after(20):
-        async with control_server("a", max_unauthenticated_per_ip=3) as (_, srv):
+        async with control_server("a", max_unauthenticated_per_ip=3, hello_timeout=120) as (_, srv):
             mine = [await squat(srv, "127.0.0.5") for _ in range(3)]
             other = await squat(srv, "127.0.0.6")
 
@@ -174,8 +175,8 @@ async def test_wrong_tokens_are_throttled_per_peer_and_logged_sparingly(
                     assert answer["code"] == "unauthorized"
             stats = srv.statistics()
             assert (stats.failed_hellos, stats.refused_auth) == (6, 6)
-            # The later guesses waited 0.2, 0.4, 0.8 s: far longer than a reconnect takes.
-            assert stats.throttled_hellos >= 3
+            # The last guesses waited 0.4 and 0.8 s: far longer than a reconnect takes.
+            assert stats.throttled_hellos >= 2
             before = stats.throttled_hellos
             # The operator on the same address waits out the current delay (1.6 s), then
             # gets in: the throttle slows guessing, it does not lock anyone out.

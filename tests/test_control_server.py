@@ -711,6 +711,24 @@ async def test_each_stats_tick_is_encoded_once_and_spread(
     assert min(instants) == start and max(instants) - start <= 0.25
 
 
+async def test_answers_keep_their_order_and_flow_under_a_fast_stats_stream() -> None:
+    endpoints = [f"ep{i:03d}" for i in range(100)]  # ~55 KB stats frames
+    with trio.fail_after(30):
+        async with (
+            control_server(*endpoints, stats_interval=0.002) as (_, srv),
+            operator(srv.url) as op,
+        ):
+            for i in range(30):
+                kind = "force_open" if i % 2 == 0 else "reset"
+                await op.send({"type": kind, "id": i, "endpoint": "ep007"})
+                # The transition first, then the ack, however many stats go in between.
+                transition = await op.recv_until(lambda f: f["type"] in ("transition", "ack"))
+                assert transition["type"] == "transition"
+                ack = await op.recv_until(lambda f: f["type"] in ("transition", "ack"))
+                assert (ack["type"], ack["id"]) == ("ack", i)
+            assert srv.statistics().stats_broadcasts > 0
+
+
 class _SentLog:
     def __init__(self) -> None:
         self.sent: list[str] = []

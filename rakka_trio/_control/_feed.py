@@ -184,6 +184,7 @@ class Feed:
         """The only task that sends after the welcome: events first, then the latest stats,
         then one answer. Ending for any reason ends the connection (``scope``)."""
         try:
+            stats_turn = True
             async with replies:
                 while True:
                     # Every event already queued goes out before the next answer, so an ack
@@ -197,9 +198,13 @@ class Feed:
                             break
                         await self._send_event(conn, event)
                         sent += 1
-                    if conn.stats is not None:
+                    if conn.stats is not None and stats_turn:
                         await self._send_stats(conn)
+                        # Events that arrived meanwhile go first, then an answer gets its
+                        # turn: fast stats never starve the answers.
+                        stats_turn = False
                         continue
+                    stats_turn = True
                     try:
                         frame = replies.receive_nowait()
                     except trio.WouldBlock:
@@ -211,7 +216,7 @@ class Feed:
                             self._counters.errors_sent += 1
                         await self._send(conn, proto.encode(frame))
                         continue
-                    if sent:
+                    if sent or conn.stats is not None:
                         continue  # more may have arrived while we were sending
                     waited = await self._wait_for_event(conn, sub)
                     if waited is not None:
