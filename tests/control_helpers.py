@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +16,7 @@ import trio
 import trio_websocket
 from trio_websocket import CloseReason, ConnectionClosed
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, Request, TextMessage
 from wsproto.utilities import RemoteProtocolError
 
 import rakka_trio as rk
@@ -134,29 +137,55 @@ class RawPeer:
         self.conn = conn
         self._parts: list[str] = []
         self._ready: list[dict[str, Any]] = []
+        self.close_code: int | None = None  # the server's close code, once received
+        self.rejected: int | None = None  # the HTTP status if the upgrade was refused
 
     @classmethod
-    async def connect(cls, port: int, *, rcvbuf: int | None = 4096) -> RawPeer:
-        """Connect and complete the websocket upgrade (nothing else is read)."""
+    async def open_tcp(
+        cls, port: int, *, rcvbuf: int | None = 4096, source: str | None = None
+    ) -> RawPeer:
+        """A TCP connection (from ``source``, e.g. ``127.0.0.2``), no websocket upgrade yet."""
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
         if rcvbuf is not None:
             # Before connecting, so the advertised window is small from the start.
             sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            await sock.bind((source, 0))
         await sock.connect(("127.0.0.1", port))
-        stream = trio.SocketStream(sock)
-        conn = WSConnection(ConnectionType.CLIENT)
-        await stream.send_all(conn.send(Request(host="127.0.0.1", target="/")))
-        peer = cls(stream, conn)
+        return cls(trio.SocketStream(sock), WSConnection(ConnectionType.CLIENT))
+
+    @classmethod
+    async def connect(
+        cls,
+        port: int,
+        *,
+        rcvbuf: int | None = 4096,
+        source: str | None = None,
+        origin: str | None = None,
+    ) -> RawPeer:
+        """Connect and complete the websocket upgrade (nothing else is read). If the server
+        refuses the upgrade, ``rejected`` holds its HTTP status."""
+        peer = await cls.open_tcp(port, rcvbuf=rcvbuf, source=source)
+        headers = [] if origin is None else [(b"Origin", origin.encode())]
+        request = Request(host="127.0.0.1", target="/", extra_headers=headers)
+        await peer.stream.send_all(peer.conn.send(request))
         while True:
-            data = await stream.receive_some(65536)
-            assert data, "server closed during the handshake"
-            conn.receive_data(data)
-            if any(isinstance(e, AcceptConnection) for e in peer._events()):
-                return peer
+            data = await peer.stream.receive_some(65536)
+            if not data:
+                raise trio.BrokenResourceError("the server closed during the handshake")
+            peer.conn.receive_data(data)
+            for event in peer._events():
+                if isinstance(event, AcceptConnection):
+                    return peer
+                if isinstance(event, RejectConnection):
+                    peer.rejected = event.status_code
+                    return peer
 
     def _events(self) -> list[Any]:
         events = list(self.conn.events())
         for event in events:
+            if isinstance(event, CloseConnection):
+                self.close_code = event.code
             if isinstance(event, TextMessage):
                 self._parts.append(event.data)
                 if event.message_finished:
@@ -184,6 +213,38 @@ class RawPeer:
                 return None  # cut off mid-frame: the server dropped us
         return self._ready.pop(0)
 
+    async def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are (frames built by :func:`client_frame`, or garbage)."""
+        await self.stream.send_all(data)
+
+    async def until_closed(self) -> int | None:
+        """Read until the server hangs up; its close code (``None``: no close frame)."""
+        while await self.recv() is not None:
+            pass
+        return self.close_code
+
     async def aclose(self) -> None:
         """Drop the TCP connection."""
         await self.stream.aclose()
+
+    async def reset(self) -> None:
+        """Abort the TCP connection with a reset (RST) instead of a clean close."""
+        self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await self.stream.aclose()
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """One masked client frame, built by hand so it can carry what wsproto would refuse to
+    send (invalid UTF-8, say). Opcodes: 0 continuation, 1 text, 2 binary, 8 close, 9 ping."""
+    mask = os.urandom(4)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    key = (mask * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+    return head + mask + masked

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from types import MappingProxyType
 from typing import Any
 
@@ -183,7 +184,8 @@ json_values = st.recursive(
 def test_any_json_object_decodes_to_a_valid_message_or_fails_cleanly(
     kind: str, fields: dict[str, Any]
 ) -> None:
-    text = json.dumps({"type": kind, **fields})
+    # The drawn fields may include a "type" of their own: the sampled kind wins.
+    text = json.dumps({**fields, "type": kind})
     try:
         msg = proto.decode_client_message(text)
     except ProtocolError as exc:
@@ -463,3 +465,28 @@ def test_subsystem_figures_appear_when_reported_and_stay_json_safe() -> None:
     state = proto.endpoint_state(ep, now=100.0, wall=1.0)
     assert (state.in_flight, state.queue_depth, state.limiter_utilization) == (3, 7, 0.42)
     assert (state.latency_p50, state.latency_p95, state.latency_p99) == (0.1, None, None)
+
+
+def test_nesting_depth_is_limited_whatever_the_recursion_limit() -> None:
+    # The answer must not depend on sys.getrecursionlimit(), which other code may raise.
+    from rakka_trio._control._codec import MAX_JSON_DEPTH
+
+    old_limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old_limit, 20_000))
+    try:
+        for depth in (MAX_JSON_DEPTH + 1, 1020, 5000):
+            with pytest.raises(ProtocolError, match="nested too deeply") as caught:
+                proto.decode_client_message("[" * depth + "]" * depth)
+            assert caught.value.code == ErrorCode.BAD_JSON
+    finally:
+        sys.setrecursionlimit(old_limit)
+    at_limit = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    with pytest.raises(ProtocolError) as caught:
+        proto.decode_client_message(at_limit)
+    assert caught.value.code == ErrorCode.NOT_OBJECT  # valid JSON, just not an object
+    # Brackets inside strings are text, not nesting.
+    reason = "[" * 500 + "{" * 300
+    msg = proto.decode_client_message(
+        json.dumps({"type": "reset", "id": 1, "endpoint": "a", "reason": reason})
+    )
+    assert isinstance(msg, proto.Reset) and msg.reason == reason

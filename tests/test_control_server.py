@@ -7,6 +7,7 @@ Real clock with ``trio.fail_after`` bounds; the rate limiter's timing rule is te
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -25,12 +26,15 @@ from wsproto.events import TextMessage
 
 import rakka_trio as rk
 from rakka_trio import BreakerState as S
-from rakka_trio._control._connection import _TokenBucket
+from rakka_trio._control._connection import _Connection, _Counters, _TokenBucket
+from rakka_trio._control._feed import Feed
+from rakka_trio._control._guards import LogLimiter
 
 from .control_helpers import (
     TOKEN,
     Peer,
     RawPeer,
+    client_frame,
     control_server,
     operator,
     peer,
@@ -504,20 +508,30 @@ async def test_token_bucket_refills_continuously(mock_clock: trio.testing.MockCl
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]
 
 
-async def test_connection_cap() -> None:
+async def test_connection_cap_refuses_viewers_but_never_the_operator() -> None:
     with trio.fail_after(10):
-        async with control_server(max_connections=2) as (_, srv), operator(srv.url) as first:
-            async with operator(srv.url), peer(srv.url) as third:
-                refused = await third.recv()
+        async with (
+            control_server(max_connections=2, allow_viewers=True) as (_, srv),
+            peer(srv.url) as first,
+        ):
+            assert (await first.hello(token=None))["role"] == "viewer"
+            async with peer(srv.url) as second, peer(srv.url) as third:
+                assert (await second.hello(token=None))["role"] == "viewer"
+                refused = await third.hello(token=None)
                 assert refused["code"] == "too_many_connections"
                 assert (await third.closed()).code == 1013
                 assert srv.statistics().refused_capacity == 1
+                # The operator token gets in past the cap.
+                async with operator(srv.url) as op:
+                    await op.send({"type": "get_state", "id": 1})
+                    assert (await op.recv_type("ack"))["id"] == 1
+                    assert srv.statistics().active_connections == 3
             await wait_for(lambda: srv.statistics().active_connections == 1)
-            async with operator(srv.url) as again:
-                await again.send({"type": "get_state", "id": 1})
-                assert (await again.recv_type("ack"))["id"] == 1
+            async with peer(srv.url) as again:
+                assert (await again.hello(token=None))["role"] == "viewer"
             await first.send({"type": "get_state", "id": 2})
             assert (await first.recv_type("ack"))["id"] == 2
+            assert srv.statistics().refused_capacity == 1
 
 
 async def test_abrupt_disconnects_do_not_disturb_the_server() -> None:
@@ -553,13 +567,18 @@ async def test_a_client_that_never_reads_gets_lagged_and_slows_nobody() -> None:
             slow = await RawPeer.connect(srv.port)  # 4 KiB receive buffer, and never reads
             await slow.send({"type": "hello", "token": TOKEN, "client": "slow"})
             # ~55 KB stats frames at 200 Hz; 300 of them are several times what the slow
-            # client's socket buffers can hold, so its server-side queue has been dropping.
+            # client's socket buffers can hold, so its writer is stuck in a send. (Stats are a
+            # newest-only slot, never queued: only events can lag.)
             for _ in range(300):
                 await good.recv_type("stats")
-            sup.force_open("ep000", reason="during the stall")  # synchronous: returns at once
+            for i in range(1, 21):  # 40 events (commands, transitions) for a queue of 4
+                sup.force_open(f"ep{i:03d}", reason="flood")  # synchronous: returns at once
+            sup.force_open("ep000", reason="during the stall")
             with trio.fail_after(2):
-                transition = await good.recv_type("transition")
-            assert transition["reason"] == "during the stall"
+                transition = await good.recv_until(
+                    lambda f: f["type"] == "transition" and f["reason"] == "during the stall"
+                )
+            assert transition["endpoint"] == "ep000"
 
             # The stalled client finally reads: it lost events and was told so.
             frames: list[dict[str, Any]] = []
@@ -606,6 +625,143 @@ async def test_a_client_stuck_for_longer_than_send_timeout_is_disconnected() -> 
             await wait_for(lambda: srv.statistics().active_connections == 1)
             assert srv.statistics().closed_for_abuse == 1
             nursery.cancel_scope.cancel()
+
+
+# --- nothing a connection does leaves it ----------------------------------------------------
+
+
+async def test_binary_then_oversize_frame_before_hello_cannot_take_the_app_down() -> None:
+    # The binary frame is refused and the server starts closing; the 4 MiB frame then made
+    # trio-websocket try to send a second close (1009) in the closing state, and wsproto's
+    # error escaped serve_control into the application's nursery.
+    with trio.fail_after(20):
+        async with control_server("a") as (sup, srv):
+            for _ in range(3):
+                raw = await RawPeer.connect(srv.port, rcvbuf=None)
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await raw.send_raw(client_frame(2, b"\x00binary"))
+                    await raw.send_raw(client_frame(1, b"x" * (4 * 2**20)))
+                await raw.until_closed()
+                await raw.aclose()
+            await wait_for(lambda: srv.statistics().unauthenticated == 0)
+            async with operator(srv.url) as op:
+                await op.send({"type": "force_open", "id": 1, "endpoint": "a"})
+                assert (await op.recv_type("ack"))["state"] == "forced_open"
+            assert sup.breaker("a").state is S.FORCED_OPEN
+
+
+@pytest.mark.parametrize("after_hello", [False, True])
+async def test_invalid_utf8_in_a_text_frame_closes_with_1007(after_hello: bool) -> None:
+    with trio.fail_after(10):
+        async with control_server() as (_, srv), operator(srv.url, "good") as good:
+            raw = await RawPeer.connect(srv.port, rcvbuf=None)
+            if after_hello:
+                await raw.send({"type": "hello", "token": TOKEN})
+                assert (await raw.recv() or {}).get("type") == "welcome"
+            await raw.send_raw(client_frame(1, b'{"type":"get_state","id":"\xff\xfe"}'))
+            assert await raw.until_closed() == 1007
+            await raw.aclose()
+            await good.send({"type": "get_state", "id": 1})
+            assert (await good.recv_type("ack"))["id"] == 1
+
+
+# --- the stats broadcast --------------------------------------------------------------------
+
+
+class _RecordingConnection(_Connection):
+    def __init__(self, conn_id: int, offers: list[tuple[float, int, str]]) -> None:
+        super().__init__(conn_id, None, f"127.0.0.1:{conn_id}")  # type: ignore[arg-type]
+        self._offers = offers
+
+    def offer_stats(self, at: float, text: str) -> None:
+        self._offers.append((trio.current_time(), self.id, text))
+
+
+def _feed(sup: rk.Supervisor) -> Feed:
+    return Feed(
+        sup,
+        counters=_Counters(),
+        log_limiter=LogLimiter(30.0),
+        max_message_size=65536,
+        command_rate=10.0,
+        command_burst=20,
+        event_buffer=16,
+        send_timeout=1.0,
+    )
+
+
+async def test_each_stats_tick_is_encoded_once_and_spread(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with rk.open_supervisor(supervisor_config(stats_interval=1.0)) as sup:
+            feed = _feed(sup)
+            offers: list[tuple[float, int, str]] = []
+            feed.connections.update(_RecordingConnection(i, offers) for i in range(40))
+            start = trio.current_time()
+            await feed._spread_stats(rk.Stats(at=start, statistics=sup.statistics()))
+    assert sorted(conn_id for _, conn_id, _ in offers) == list(range(40))  # everyone, once
+    assert len({id(text) for _, _, text in offers}) == 1  # one encoded text, shared
+    assert json.loads(offers[0][2])["type"] == "stats"
+    instants: dict[float, int] = {}
+    for at, _, _ in offers:
+        instants[at] = instants.get(at, 0) + 1
+    # Batches of at most 8, the first at once, all within a quarter of a second.
+    assert max(instants.values()) <= 8 and len(instants) == 5
+    assert min(instants) == start and max(instants) - start <= 0.25
+
+
+async def test_answers_keep_their_order_and_flow_under_a_fast_stats_stream() -> None:
+    endpoints = [f"ep{i:03d}" for i in range(100)]  # ~55 KB stats frames
+    with trio.fail_after(30):
+        async with (
+            control_server(*endpoints, stats_interval=0.002) as (_, srv),
+            operator(srv.url) as op,
+        ):
+            for i in range(30):
+                kind = "force_open" if i % 2 == 0 else "reset"
+                await op.send({"type": kind, "id": i, "endpoint": "ep007"})
+                # The transition first, then the ack, however many stats go in between.
+                transition = await op.recv_until(lambda f: f["type"] in ("transition", "ack"))
+                assert transition["type"] == "transition"
+                ack = await op.recv_until(lambda f: f["type"] in ("transition", "ack"))
+                assert (ack["type"], ack["id"]) == ("ack", i)
+            assert srv.statistics().stats_broadcasts > 0
+
+
+class _SentLog:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send_message(self, text: str) -> None:
+        self.sent.append(text)
+
+
+async def test_a_stats_snapshot_older_than_a_sent_transition_is_skipped() -> None:
+    async with rk.open_supervisor(supervisor_config()) as sup:
+        feed = _feed(sup)
+        ws = _SentLog()
+        conn = _Connection(1, ws, "127.0.0.1:1")  # type: ignore[arg-type]
+        conn.state_at = 5.0  # a transition at t=5 went out
+        conn.stats = (4.0, "older")
+        await feed._send_stats(conn)
+        conn.stats = (5.0, "same instant")
+        await feed._send_stats(conn)
+        assert ws.sent == ["same instant"] and conn.stats is None
+
+
+async def test_many_viewers_each_get_every_stats_tick() -> None:
+    with trio.fail_after(20):
+        async with control_server("a", stats_interval=0.1, allow_viewers=True) as (_, srv):
+            async with contextlib.AsyncExitStack() as stack:
+                viewers = []
+                for _ in range(40):
+                    viewers.append(await stack.enter_async_context(peer(srv.url)))
+                    assert (await viewers[-1].hello(token=None))["role"] == "viewer"
+                ticks = [[(await v.recv_type("stats"))["wall"] for _ in range(3)] for v in viewers]
+            # Newest-only slots may skip a tick for a slow reader, but never reorder them.
+            assert all(t == sorted(t) and len(set(t)) == 3 for t in ticks)
+            assert srv.statistics().stats_broadcasts >= 3
 
 
 # --- TLS ------------------------------------------------------------------------------------

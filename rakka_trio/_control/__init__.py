@@ -1,8 +1,10 @@
 """The control plane: a websocket feed of breaker events and operator commands.
 
-``_schema``/``_codec``/``_frames`` (re-exported together as ``_protocol``) define protocol v1;
-``_server`` and ``_connection`` serve it; ``_client`` speaks it; ``_cli`` is the ``state``,
-``events``, ``force-open``, ``reset`` and ``disable`` commands.
+``_schema``/``_codec``/``_frames`` (re-exported together as ``_protocol``) define protocol v1.
+``_server`` serves it: ``_transport`` accepts connections, ``_admission`` and ``_guards`` decide
+who gets in (hello, tokens, origin, throttling, the waiting room), ``_feed`` reads commands and
+writes events and stats, ``_connection`` holds per-connection state. ``_client`` speaks it;
+``_cli`` is the ``state``, ``events``, ``force-open``, ``reset`` and ``disable`` commands.
 """
 
 from ._client import (

@@ -9,6 +9,7 @@ a token pasted into the wrong field is never echoed back or logged.
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -158,7 +159,31 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+MAX_JSON_DEPTH: Final = 64  # far beyond any protocol message; deeper is refused
+# A JSON string (skipped whole, so brackets inside it do not count) or one bracket.
+_NESTING: Final = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _too_deep(text: str) -> bool:
+    """Whether arrays/objects nest deeper than :data:`MAX_JSON_DEPTH`. Checked before
+    parsing so the answer does not depend on the interpreter's recursion limit."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False  # the usual frame: too few brackets to matter, no scan
+    depth = 0
+    for match in _NESTING.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif token in "]}":
+            depth -= 1
+    return False
+
+
 def _loads(text: str) -> Any:
+    if _too_deep(text):
+        raise ProtocolError(ErrorCode.BAD_JSON, "invalid JSON: nested too deeply")
     try:
         return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
