@@ -395,7 +395,9 @@ async def demo_main(
                 await trio.sleep(0.05)  # let the last events reach the printer
                 watchers.cancel_scope.cancel()
             stats = sup.statistics()
-            shared_line = shared.summary(stopped_at or duration) if shared is not None else None
+            shared_line = (
+                shared.summary(stopped_at or duration, final=True) if shared is not None else None
+            )
         services.cancel_scope.cancel()
     report = DemoReport(
         outcomes={

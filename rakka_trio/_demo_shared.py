@@ -142,8 +142,12 @@ class SharedBudgets:
                 )
             await trio.sleep(0.25)
 
-    def summary(self, elapsed: float) -> Text:
-        """One line for the live view and the report: what this node got of each budget."""
+    def summary(self, elapsed: float, *, final: bool = False) -> Text:
+        """One line for the live view and the report: what this node got of each budget.
+
+        The live view counts the nodes sharing now; the ``final`` report the most that shared
+        during the run (a node that finished first has already left when the other reports).
+        """
         parts = []
         for name, (rpm, _) in self._budgets.items():
             use = self._use(name)
@@ -151,7 +155,7 @@ class SharedBudgets:
                 continue
             here = use.admitted / elapsed * 60 if elapsed > 0 else 0.0
             parts.append(f"{name} {here:,.0f}/min of {rpm:,}")
-        nodes = self.nodes()
+        nodes = max(self.most_nodes, self.nodes()) if final else self.nodes()
         return Text(
             f"shared budgets (redis, {nodes} node{'s' if nodes != 1 else ''}): this node got "
             + ", ".join(parts)
