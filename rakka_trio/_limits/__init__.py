@@ -1,6 +1,7 @@
 """Rate limiting: per-key budgets admitted all-or-nothing with continuous refill.
 
-A *key* is ``(provider, api-key fingerprint, model family)``: the unit a provider meters. Each key
+A *key* is ``(provider, server, api-key fingerprint, model family)``: the unit a provider
+meters (the server is the base URL's host and port). Each key
 holds a set of limits — requests, tokens, input tokens, output tokens per minute and concurrent
 requests — and an admission takes from all of them or from none. Every limit of ``L`` per minute
 refills continuously at ``L/60`` per second and holds at most its burst (default: one minute's

@@ -100,11 +100,9 @@ class SharedKey(Key):
             self.sync_wanted.set()
 
     def effective_burst(self, d: int) -> float:
-        """The burst of ``d``: configured, or at most the provider's lower limit (one minute's
-        worth of it) once headers lowered the limit."""
-        if self.effective[d] >= self.spec.limits[d]:
-            return float(self.spec.bursts[d])
-        return float(min(self.spec.bursts[d], self.effective[d]))
+        """The burst of ``d``: configured, or scaled down with the limit once provider headers
+        lowered it."""
+        return self.spec.lowered_burst(d, self.effective[d])
 
     def _bursts(self) -> list[float]:
         # Read on every strict admission (the burst check): recomputed only when the
