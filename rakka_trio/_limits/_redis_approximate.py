@@ -164,8 +164,10 @@ class ApproximateKey(SharedKey):
                 wants[d] = math.ceil(target - level)
             elif not waiting and level > 2.0 * target + 1.0:
                 gives[d] = level - target
-            self.level[d] -= gives[d]  # moved out now, restored if the call fails
-        charges = self.charges()
+            # Moved out now and for good: the given total carries it until Redis took it.
+            self.level[d] -= gives[d]
+            self.given[d] += gives[d]
+        self.charge_unsynced()
         clamps = self.pending_clamp
         self.pending_clamp = {}
         cap = self.spec.max_concurrent
@@ -174,19 +176,21 @@ class ApproximateKey(SharedKey):
             permit_waiters = sum(1 for w in self._waiters if w.permit)
             busy = 1 if self.admission_rate > 0 else 0
             permits = 0 if leave else self._in_flight + permit_waiters + busy
+            # Permits given back stop being usable now, not when Redis answers: callers
+            # arriving meanwhile would use permits Redis is handing to other nodes.
+            self.permits_held = min(self.permits_held, max(permits, self._in_flight))
         args = self.common_args(now, leave, permits)
-        for d, (limit, burst) in enumerate(self.dims_args()):
-            clamp = float(clamps.get(d, -1))
-            if clamp >= 0:
-                # The provider's remaining covers our escrow too: the shared part is the rest.
-                clamp = max(0.0, clamp - max(self.level[d], 0.0))
-            args += [limit, burst, wants[d], gives[d], charges[d], clamp]
+        shared_clamps: dict[int, float] = {}
+        for d, remaining in clamps.items():
+            # The provider's remaining covers our escrow too: the shared part is the rest.
+            shared_clamps[d] = max(0.0, remaining - max(self.level[d], 0.0))
+        args += self.dim_args(wants, shared_clamps)
         self.need = [0.0, 0.0, 0.0, 0.0]
         self.permit_waiting = False
-        return args, (gives, charges, clamps, wants)
+        return args, (clamps, wants)
 
     def lease_done(self, reply: Sequence[Any], pending: Any, now: float) -> None:
-        _gives, _charges, _clamps, wants = pending
+        _clamps, wants = pending
         grants = self.common_done(reply, now)
         partial = False
         for d in self.spec.dims:
@@ -216,12 +220,17 @@ class ApproximateKey(SharedKey):
         self.wake_head()
 
     def lease_failed(self, pending: Any) -> None:
-        gives, charges, clamps, _wants = pending
-        for d in self.spec.dims:
-            self.level[d] += gives[d]
-            self.unsynced[d] += charges[d]
+        # Tokens given back stay given (the total is re-sent; Redis may have taken them
+        # already), permits given back stay given, grants of a call that ran after all
+        # arrive with the next answer's granted total.
+        clamps, _wants = pending
+        self.common_failed()
         for d, remaining in clamps.items():
             self.pending_clamp.setdefault(d, remaining)
+
+    def state_lost(self) -> None:
+        # Permits held by a lost state or a forgotten member are held no more: ask again.
+        self.permits_held = 0
 
     def retighten(self, spec: KeySpec) -> None:
         super().retighten(spec)

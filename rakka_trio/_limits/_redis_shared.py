@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,20 @@ class SharedKey(Key):
         self.backend = backend
         self.redis_keys = [f"{KEY_PREFIX}{{{label}}}:{s}" for s in ("s", "n", "c")]
         self.state_key = self.redis_keys[:1]
+        # This key object's identity in the fleet: the node id plus an incarnation, so that a
+        # key re-created later (or after a silence long enough to be forgotten) never
+        # inherits the permit totals or the ledger of an earlier one.
+        self.member = ""
+        self.lease_keys: list[str] = []
+        self.generation = 0  # bumped with each new incarnation
+        self.seq = 0  # LEASE sequence numbers of this incarnation
+        self.confirmed_seq = 0  # the last one answered
+        self.sent_at = 0.0  # key time the LEASE in flight was sent
+        self.last_ok_sent: float | None = None  # ... and the last answered one
+        self.given = [0.0, 0.0, 0.0, 0.0]  # totals given back / charged / granted (ledger)
+        self.charged = [0.0, 0.0, 0.0, 0.0]
+        self.received = [0.0, 0.0, 0.0, 0.0]
+        self.new_incarnation()
         self._bursts_cache: tuple[list[int], list[float]] | None = None
         self.sync_wanted = trio.Event()
         self.not_before = 0.0  # key time
@@ -81,10 +96,13 @@ class SharedKey(Key):
         self.epoch: str | None = None
         self.seen = False  # this node has seen the shared state (a later "created" = lost)
         self.lease_fresh = True  # the LEASE in flight was sent before the state was seen
-        self.members = 1
+        # Before Redis answered once: the fleet size the configuration expects (a fleet
+        # started during an outage must not assume each node is alone).
+        self.members = spec.limits_config.expected_nodes
         self.permits_held = 0
         self.unsynced = [0.0, 0.0, 0.0, 0.0]  # spent without Redis, charged when it is back
         self.pending_pause = -math.inf  # end (key time) of a pause of ours to publish
+        self.sent_pause = -math.inf  # ... and of the one in the LEASE in flight
         self.adopting = False  # applying a pause read from Redis (not to publish again)
         self.pending_clamp: dict[int, int] = {}
         self.remote_levels = [0.0, 0.0, 0.0, 0.0]
@@ -93,6 +111,30 @@ class SharedKey(Key):
         self.round_trips = 0
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def new_incarnation(self) -> None:
+        """Start afresh in the fleet under a new member id (fresh ledger and permit totals)."""
+        self.member = f"{self.backend.node_id}#{secrets.token_hex(4)}"
+        self.lease_keys = [*self.redis_keys, f"{KEY_PREFIX}{{{self.label}}}:L:{self.member}"]
+        self.generation += 1
+        self.seq = self.confirmed_seq = 0
+        self.last_ok_sent = None
+        self.given = [0.0, 0.0, 0.0, 0.0]
+        self.charged = [0.0, 0.0, 0.0, 0.0]
+        self.received = [0.0, 0.0, 0.0, 0.0]
+
+    def before_lease(self, now: float) -> None:
+        """Called before each LEASE: after a silence of ``node_ttl`` (a stall of this process
+        or of Redis) the fleet may have dropped this member with its permits; carry on as a
+        new one rather than report totals against counters that were deleted."""
+        ttl = self.spec.limits_config.node_ttl
+        if self.last_ok_sent is not None and now - self.last_ok_sent >= ttl:
+            log.warning("limiter %s: silent for %.1fs; re-registering", self.label, ttl)
+            self.new_incarnation()
+            self.state_lost()
+
+    def _refuses(self, v: Vector, now: float) -> bool:
+        return not self.backend.healthy and _policy(self) == "fail_closed"
 
     def signal(self) -> None:
         """Ask the background sync to run soon."""
@@ -231,12 +273,15 @@ class SharedKey(Key):
     ) -> list[Any]:
         """The LEASE arguments before the per-dimension ones."""
         pause_ms = max(0.0, (self.pending_pause - now) * 1000.0)
+        self.sent_pause = self.pending_pause
         self.pending_pause = -math.inf
         cap = self.spec.max_concurrent
         ttl_ms = self.spec.limits_config.node_ttl * 1000.0
         self.lease_fresh = not self.seen
+        self.seq += 1
+        self.sent_at = now
         return [
-            self.backend.node_id,
+            self.member,
             round(ttl_ms),
             1 if self.lease_fresh else 0,
             1 if leave else 0,
@@ -244,7 +289,22 @@ class SharedKey(Key):
             cap or 0,
             permits_want if cap is not None else -1,
             released if cap is not None else -1,
+            self.seq,
+            self.confirmed_seq,
         ]
+
+    def dim_args(self, wants: list[float], clamps: dict[int, float]) -> list[Any]:
+        """The per-dimension LEASE arguments: limit, burst, want, the given and charged
+        totals, clamp."""
+        args: list[Any] = []
+        for d, (limit, burst) in enumerate(self.dims_args()):
+            args += [limit, burst, wants[d], self.given[d], self.charged[d], clamps.get(d, -1)]
+        return args
+
+    def common_failed(self) -> None:
+        """A LEASE failed or timed out. Its totals stay counted (the next call re-sends them;
+        if this one ran after all, nothing is applied twice); only the pause is re-sent."""
+        self.pending_pause = max(self.pending_pause, self.sent_pause)
 
     def common_done(self, reply: Sequence[Any], now: float) -> list[int]:
         """Apply the shared part of a LEASE reply; return the grants."""
@@ -258,12 +318,21 @@ class SharedKey(Key):
             self.remote_levels[d] = float(reply[9 + d])
         self.fallback_bucket = None
         self.last_sync = now
-        return [int(reply[5 + d]) for d in range(4)]
+        self.confirmed_seq = self.seq
+        self.last_ok_sent = self.sent_at
+        # Tokens granted: this call's, or more when an earlier call ran but its answer was
+        # lost (the granted total says so); a smaller total means the ledger was re-created.
+        grants = []
+        for d in range(4):
+            now_granted, total = int(reply[5 + d]), float(reply[14 + d])
+            grants.append(max(now_granted, int(total - self.received[d])))
+            self.received[d] = total
+        return grants
 
-    def charges(self) -> list[float]:
-        """Spend without Redis to charge now (at most one burst per limit)."""
-        out = [0.0, 0.0, 0.0, 0.0]
+    def charge_unsynced(self) -> None:
+        """Add the spend done without Redis to the charged total (at most one burst per limit
+        per outage: the fallback admitted within this node's share, which the shared bucket
+        refilled meanwhile)."""
         for d in self.spec.dims:
-            out[d] = min(self.unsynced[d], self.effective_burst(d))
+            self.charged[d] += min(self.unsynced[d], self.effective_burst(d))
             self.unsynced[d] = 0.0
-        return out
