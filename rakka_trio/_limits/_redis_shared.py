@@ -101,6 +101,7 @@ class SharedKey(Key):
         self.members = spec.limits_config.expected_nodes
         self.permits_held = 0
         self.unsynced = [0.0, 0.0, 0.0, 0.0]  # spent without Redis, charged when it is back
+        self.outage_charged = [0.0, 0.0, 0.0, 0.0]  # ... so far in this outage (capped)
         self.pending_pause = -math.inf  # end (key time) of a pause of ours to publish
         self.sent_pause = -math.inf  # ... and of the one in the LEASE in flight
         self.adopting = False  # applying a pause read from Redis (not to publish again)
@@ -320,6 +321,7 @@ class SharedKey(Key):
         self.last_sync = now
         self.confirmed_seq = self.seq
         self.last_ok_sent = self.sent_at
+        self.outage_charged = [0.0, 0.0, 0.0, 0.0]  # the outage, if any, is over
         # Tokens granted: this call's, or more when an earlier call ran but its answer was
         # lost (the granted total says so); a smaller total means the ledger was re-created.
         grants = []
@@ -330,9 +332,12 @@ class SharedKey(Key):
         return grants
 
     def charge_unsynced(self) -> None:
-        """Add the spend done without Redis to the charged total (at most one burst per limit
-        per outage: the fallback admitted within this node's share, which the shared bucket
-        refilled meanwhile)."""
+        """Add the spend done without Redis to the charged total: at most one burst per limit
+        per outage (the fallback admitted within this node's share of the rate, which the
+        shared bucket refilled meanwhile), however many calls fail during it."""
         for d in self.spec.dims:
-            self.charged[d] += min(self.unsynced[d], self.effective_burst(d))
+            room = max(0.0, self.effective_burst(d) - self.outage_charged[d])
+            charge = min(self.unsynced[d], room)
+            self.charged[d] += charge
+            self.outage_charged[d] += charge
             self.unsynced[d] = 0.0
