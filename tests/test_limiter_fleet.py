@@ -148,6 +148,19 @@ async def test_approximate_permits_given_back_are_not_reused_while_the_sync_is_i
                 r.release()
 
 
+async def test_an_idle_approximate_node_does_not_keep_the_only_permit(
+    redis_server: RedisServer,
+) -> None:
+    """A node that was busy kept one spare permit for its next call — forever, as its demand
+    estimate decays without reaching zero — so with a cap of 1 no other node ever got it."""
+    async with fleet(redis_server.url, 2, max_concurrent=1, sync_interval=0.1) as (a, b):
+        with trio.fail_after(10):
+            for _ in range(5):
+                (await a.reserve()).release()
+            await trio.sleep(0.5)  # a is idle now
+            (await b.reserve(max_wait=3.0)).release()
+
+
 async def slow_redis(server: RedisServer, until: float) -> None:
     """Make every Redis call slow (``DEBUG SLEEP`` from another connection, back to back), so
     that syncs and admissions cross in flight as they do on a loaded network."""
@@ -331,3 +344,31 @@ async def test_idle_and_rotated_shared_keys_leave_the_fleet(redis_server: RedisS
             await until(lambda: len(registry.all_keys()), 0)
             assert await redis_int(redis_server, "ZCARD", members) == 0
             assert registry.evicted == 1
+
+
+# --- the wait estimate in the shared modes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["approximate", "strict"])
+async def test_wait_estimate_sees_the_fleet(redis_server: RedisServer, mode: str) -> None:
+    """A router asks ``wait_estimate`` to skip an endpoint without waiting: another node
+    holding the only permit, or a 429 another node saw, show here; nothing is taken."""
+    async with fleet(redis_server.url, 2, mode=mode, max_concurrent=1) as (a, b):
+        with trio.fail_after(10):
+            r = await a.reserve()
+            await until(b.wait_estimate, math.inf)  # once a sync told b the permit is taken
+            r.release()
+            await until(lambda: b.wait_estimate() < 1.0, True)
+            (await b.reserve(max_wait=1.0)).release()
+            a.observe_rate_limited(3.0)
+            await until(lambda: 1.0 < b.wait_estimate() <= 3.0, True)  # the shared pause
+
+
+async def test_wait_estimate_is_infinite_when_fail_closed_without_redis() -> None:
+    url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    limits = {"mode": "strict", "redis_failure_policy": "fail_closed", "max_wait": 1.0}
+    async with fleet(url, 1, **limits) as (h,):
+        with trio.fail_after(10):
+            with pytest.raises(rk.LimiterUnavailable):
+                await h.acquire()
+            assert h.wait_estimate() == math.inf

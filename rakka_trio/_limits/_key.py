@@ -143,9 +143,10 @@ class Key:
         cap = self.spec.max_concurrent
         return cap is None or self._in_flight < cap
 
-    def _permit_blocked(self) -> bool:
-        """True when no concurrency permit can be had now (the wait for one is unknown)."""
-        return not self._permits_free()
+    def _permit_wait(self) -> float:
+        """Seconds until a concurrency permit could be had: 0.0 when one is free here,
+        ``math.inf`` when none is free and no time is known (they free as calls end)."""
+        return 0.0 if self._permits_free() else math.inf
 
     def _refuses(self, v: Vector, now: float) -> bool:
         """True when an admission would be refused outright (shared keys: ``fail_closed``)."""
@@ -213,10 +214,13 @@ class Key:
             if v[d] > bursts[d]:
                 return math.inf
         waiters = self._waiters
-        if (permit or any(w.permit for w in waiters)) and self._permit_blocked():
-            return math.inf  # behind (or itself) a wait for a permit
+        permit_wait = 0.0
+        if permit or any(w.permit for w in waiters):
+            permit_wait = self._permit_wait()  # itself, or behind, a wait for a permit
+            if permit_wait == math.inf:
+                return math.inf
         ahead = self.queue_ahead() if waiters else None
-        wait = max(self._estimate(v, now, ahead), self._paused_until - now, 0.0)
+        wait = max(self._estimate(v, now, ahead), self._paused_until - now, permit_wait, 0.0)
         if waiters and wait < MIN_REFUSED_WAIT:
             wait = MIN_REFUSED_WAIT  # the budget is there, but others are first in line
         return wait

@@ -127,6 +127,14 @@ class ApproximateKey(SharedKey):
         else:
             self.pending_clamp[dim] = remaining
 
+    def _permit_wait(self) -> float:
+        if self._in_flight < self.permits_held:
+            return 0.0
+        cap = self.spec.max_concurrent
+        if cap is not None and self.backend.healthy and self.fleet_permits < cap:
+            return MIN_SYNC_GAP  # free elsewhere at the last sync: a lease away
+        return math.inf
+
     def _on_release(self) -> None:
         if self.permit_waiting or self.permits_held > self._in_flight + 1:
             self.signal()
@@ -173,9 +181,13 @@ class ApproximateKey(SharedKey):
         cap = self.spec.max_concurrent
         permits = 0
         if cap is not None:
-            permit_waiters = sum(1 for w in self._waiters if w.permit)
-            busy = 1 if self.admission_rate > 0 else 0
-            permits = 0 if leave else self._in_flight + permit_waiters + busy
+            need = self._in_flight + sum(1 for w in self._waiters if w.permit)
+            # A busy node keeps one spare permit (its next call needs no round trip), but only
+            # while that leaves one free for the others: a spare held forever by an idle node
+            # starved every other node of a small cap.
+            others = max(0, self.fleet_permits - self.permits_held)
+            spare = 1 if self.admission_rate > 0 and others + need + 2 <= cap else 0
+            permits = 0 if leave else need + spare
             # Permits given back stop being usable now, not when Redis answers: callers
             # arriving meanwhile would use permits Redis is handing to other nodes.
             self.permits_held = min(self.permits_held, max(permits, self._in_flight))

@@ -79,7 +79,8 @@ end
 #       (-1: keep), 8 released_total (-1: none), 9 seq, 10 confirmed seq (0: none yet), then
 #       4 dims x (L, B, want, given_total, charged_total, clamp (-1: none)) from ARGV[11].
 # Returns: epoch, created, members, pause_left_ms, permits_held, grant x4, level x4, granted,
-#          grant_total x4 -- or an empty list for a call overtaken by a newer one.
+#          grant_total x4, permits in use fleet-wide -- or an empty list for a call overtaken
+#          by a newer one.
 LEASE_LUA = (
     _COMMON
     + """
@@ -190,7 +191,7 @@ local left = 0
 if p > now then left = math.ceil(p - now) end
 return {epoch, created, members, left, held, grants[1], grants[2], grants[3], grants[4],
         math.floor(levels[1]), math.floor(levels[2]), math.floor(levels[3]),
-        math.floor(levels[4]), g, tot[9], tot[10], tot[11], tot[12]}
+        math.floor(levels[4]), g, tot[9], tot[10], tot[11], tot[12], cu}
 """
 )
 

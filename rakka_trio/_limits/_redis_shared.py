@@ -1,10 +1,11 @@
 """Shared rate limits through Redis (``coredis`` on Trio): approximate and strict modes.
 
 Redis holds, per key, one token bucket per limit refilled by Redis's own clock (``TIME``), so
-every node sees the same budget. Three Redis keys share one hash tag (cluster-safe):
+every node sees the same budget. Its Redis keys share one hash tag (cluster-safe):
 ``<prefix>{<label>}:s`` (levels, refill time, pause, epoch, permits in use), ``:n`` (live nodes,
-scored by heartbeat expiry) and ``:c`` (each node's concurrency permits as monotone granted and
-released totals, so heartbeats and admissions that cross in flight commute).
+scored by heartbeat expiry), ``:c`` (each node's concurrency permits as monotone granted and
+released totals, so heartbeats and admissions that cross in flight commute) and ``:L:<member>``
+(each member's ledger, see "Stalls" below).
 
 ``approximate`` — escrow leases (bounded counter). A node *leases* tokens out of the shared
 bucket and spends them locally at memory speed; a background task tops the escrow up before it
@@ -24,8 +25,15 @@ Failure handling: every call has ``redis_timeout``; a failure marks Redis unavai
 :class:`LimiterFallback` event) and each key follows ``redis_failure_policy`` — ``fail_closed``
 refuses with :class:`LimiterUnavailable` (approximate keys still spend what they had leased),
 ``fail_open`` admits without limits, ``local_fallback`` admits within this node's share
-(``1/N`` of each limit, ``N`` the last known number of live nodes). Spending done without Redis
-is charged to the shared bucket once it is back (at most one burst), so the fleet re-converges.
+(``1/N`` of each limit, ``N`` the last known number of live nodes, or ``expected_nodes`` before
+Redis ever answered). Spending done without Redis is charged to the shared bucket once it is
+back (at most one burst per outage), so the fleet re-converges.
+
+Stalls: a call that timed out may still run when Redis wakes. Syncs therefore carry a sequence
+number and cumulative totals (given, charged, released, and grants returned as a total), and a
+per-member ledger in Redis keeps what was applied, so nothing is applied twice and a call
+overtaken by a newer one changes nothing. A member is ``node_id#incarnation``: a key re-created
+later, or one whose node was silent for ``node_ttl`` (and may have been dropped), starts afresh.
 A restart that lost the keys is detected (a new epoch: :class:`LimiterStateLost`); the state is
 re-created empty — refilling from that moment — because the nodes may still hold leases of the
 old state. Nodes that stop heartbeating for ``node_ttl`` seconds are dropped with their permits.
@@ -100,6 +108,7 @@ class SharedKey(Key):
         # started during an outage must not assume each node is alone).
         self.members = spec.limits_config.expected_nodes
         self.permits_held = 0
+        self.fleet_permits = 0  # permits in use fleet-wide, as of the last sync
         self.unsynced = [0.0, 0.0, 0.0, 0.0]  # spent without Redis, charged when it is back
         self.outage_charged = [0.0, 0.0, 0.0, 0.0]  # ... so far in this outage (capped)
         self.pending_pause = -math.inf  # end (key time) of a pause of ours to publish
@@ -315,6 +324,7 @@ class SharedKey(Key):
         self.apply_pause(int(reply[3]), now)
         if self.spec.max_concurrent is not None:
             self.permits_held = int(reply[4])
+            self.fleet_permits = int(reply[18])
         for d in range(4):
             self.remote_levels[d] = float(reply[9 + d])
         self.fallback_bucket = None

@@ -123,9 +123,14 @@ class StrictKey(SharedKey):
         if not admitted:
             if spare:
                 self.spares += 1
-            # No permit free anywhere: poll, since another node's release can't wake us.
-            return 0.05 if wait_ms < 0 else wait_ms / 1000.0
+            if wait_ms < 0:
+                # No permit free anywhere: poll, since another node's release can't wake us.
+                self.fleet_permits = self.spec.max_concurrent or 0
+                return 0.05
+            return wait_ms / 1000.0
         if ask:
+            if cap is not None:  # one was free just now: not full (the next sync says more)
+                self.fleet_permits = min(self.fleet_permits, cap - 1)
             if generation == self.generation:
                 self.known_grants += 1
             else:
@@ -186,6 +191,16 @@ class StrictKey(SharedKey):
         # flight, gone when those calls finish).
         self.local_permits = self._in_flight
         self.known_grants = self.released = self.unknown_released = self.spares = 0
+
+    def _permit_wait(self) -> float:
+        cap = self.spec.max_concurrent
+        if cap is None:
+            return 0.0
+        if self.spares > 0:
+            return 0.0  # released here, still counted in Redis: reusable at once
+        if self._in_flight >= cap or self.fleet_permits >= cap:
+            return math.inf
+        return 0.0
 
     def _estimate(self, v: Vector, now: float, ahead: list[float] | None) -> float:
         wait = 0.0
