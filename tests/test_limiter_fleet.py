@@ -346,7 +346,7 @@ async def test_idle_and_rotated_shared_keys_leave_the_fleet(redis_server: RedisS
             assert registry.evicted == 1
 
 
-# --- the wait estimate in the shared modes ---------------------------------------------------------
+# --- the wait estimate in the shared modes -------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["approximate", "strict"])
