@@ -127,6 +127,10 @@ class ApproximateKey(SharedKey):
         else:
             self.pending_clamp[dim] = remaining
 
+    def _full(self, now: float) -> bool:
+        # A negative escrow is a debt the next leases repay: leaving now would forget it.
+        return all(self.level[d] >= 0 for d in self.spec.dims)
+
     def _permit_wait(self) -> float:
         if self._in_flight < self.permits_held:
             return 0.0

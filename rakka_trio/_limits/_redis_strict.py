@@ -48,7 +48,7 @@ class StrictKey(SharedKey):
     def try_acquire(self, cost: Any) -> float:
         raise TypeError(
             f"limit key {self.label} is strict: every admission is a Redis call, so use "
-            "`await limiter.acquire(cost, max_wait=0)` instead of try_acquire()"
+            "`await limiter.acquire(cost, max_wait=0)` instead of acquire_nowait()/try_acquire()"
         )
 
     async def acquire(self, v: Vector, permit: bool, max_wait: float) -> None:
