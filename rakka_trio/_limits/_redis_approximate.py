@@ -127,6 +127,10 @@ class ApproximateKey(SharedKey):
         else:
             self.pending_clamp[dim] = remaining
 
+    def _refuses(self, v: Vector, now: float) -> bool:
+        # Under fail_closed without Redis the escrow is still spent.
+        return super()._refuses(v, now) and any(self.level[d] < v[d] for d in self.spec.dims)
+
     def _full(self, now: float) -> bool:
         # A negative escrow is a debt the next leases repay: leaving now would forget it.
         return all(self.level[d] >= 0 for d in self.spec.dims)
