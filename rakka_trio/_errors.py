@@ -30,6 +30,7 @@ __all__ = [
     "EventTooLarge",
     "Forbidden",
     "LimiterUnavailable",
+    "LocalRateLimited",
     "NetworkError",
     "NotFound",
     "Overloaded",
@@ -121,7 +122,7 @@ class RateLimitExceeded(RakkaError):
 
     ``wait`` is the seconds the admission would need: ``math.inf`` when the cost exceeds a
     burst and can never be admitted, otherwise it was more than the caller's ``max_wait``.
-    ``key`` is the limit key (``provider:fingerprint:family``; never the credential).
+    ``key`` is the limit key (``provider:server:fingerprint:family``; never the credential).
     """
 
     def __init__(self, message: str, *, key: str, wait: float) -> None:
@@ -211,6 +212,38 @@ class RateLimited(ProviderError):
     """HTTP 429 (or a rate-limit error event): wait ``retry_after`` seconds and retry."""
 
     retryable = True
+
+
+class LocalRateLimited(RateLimited, RateLimitExceeded):
+    """This process's own rate limiter would make the call wait longer than ``max_wait``:
+    nothing was sent, the provider said nothing. "No capacity here now" — a deployment moves
+    on to its next endpoint.
+
+    Both a :class:`RateLimited` (``provider``, ``endpoint``, ``retry_after`` = the seconds the
+    budget needs, ``None`` when only a concurrency permit was missing) and a
+    :class:`RateLimitExceeded` (``key``, ``wait``). ``retryable`` (later, or elsewhere), but an
+    endpoint never retries it itself: the call already waited ``max_wait`` there.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str,
+        wait: float,
+        provider: str | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        where = "/".join(x for x in (provider, endpoint) if x)
+        # Neither parent's __init__: each would hand the other's arguments up the MRO.
+        RakkaError.__init__(self, f"{where}: {message}" if where else message, retryable=True)
+        self.provider = provider
+        self.endpoint = endpoint
+        self.status = None
+        self.code = "local_rate_limit"
+        self.retry_after = wait if 0 < wait < math.inf else None
+        self.key = key
+        self.wait = wait
 
 
 class QuotaExhausted(ProviderError):

@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from ._config import RetryPolicy
-from ._errors import QuotaExhausted, RakkaError, Timeout
+from ._errors import LocalRateLimited, QuotaExhausted, RakkaError, Timeout
 
 __all__ = ["Retrier", "RetryBudget", "RetryDecision"]
 
@@ -161,7 +161,8 @@ class Retrier:
     ) -> RetryDecision:
         """Decide whether the failed attempt number ``attempt`` (0 = first) is retried.
 
-        Order: never cancellation or non-errors; never ``QuotaExhausted``; the error's
+        Order: never cancellation or non-errors; never ``QuotaExhausted`` or a local
+        ``LocalRateLimited`` (it already waited ``max_wait``); the error's
         ``retryable`` (which reflects ``x-should-retry`` unless ``respect_should_retry`` is
         off); the per-error cap; the server's wait (``retry-after-ms`` > ``Retry-After``,
         failing fast beyond ``max_server_wait``) or the jittered backoff; the overall deadline
@@ -172,6 +173,9 @@ class Retrier:
             return RetryDecision(False, 0.0, "not an error")
         if isinstance(exc, QuotaExhausted):
             return RetryDecision(False, 0.0, "quota exhausted")
+        if isinstance(exc, LocalRateLimited):
+            # The call already waited max_wait on this endpoint's own limiter.
+            return RetryDecision(False, 0.0, "local rate limit: max_wait spent")
         if isinstance(exc, RakkaError):
             retryable = exc.retryable if p.respect_should_retry else type(exc).retryable
         else:

@@ -5,7 +5,8 @@ a supervisor whose one endpoint shares a key through Redis (approximate mode by 
 ``ready``, reads the common start time (Unix time) from stdin and waits for it, offers
 ``--offered`` admissions per second for ``--duration`` seconds with ``try_acquire`` (strict
 mode: ``acquire(max_wait=0)``), and prints one JSON line: what it admitted, when it ran (Unix
-time) and the Redis round trips it made.
+time) and the Redis round trips it made — with ``--timeline``, also the Unix time of every
+admission (the chaos tests read when admissions stopped and resumed).
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         tokens_burst=args.tokens_burst,
         mode=args.mode,
         sync_interval=args.sync_interval,
+        redis_failure_policy=args.policy,
     )
     config = rk.SupervisorConfig(
         redis_url=args.url,
         node_id=args.node,
-        redis_timeout=0.5,
+        redis_timeout=args.redis_timeout,
         endpoints=[
             rk.EndpointConfig(
                 name="shared",
@@ -57,16 +59,22 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         next_at = trio.current_time()
         end = next_at + args.duration
         before = limiter.statistics().keys[0].redis_round_trips
+        timeline: list[float] = []
         while next_at < end:
             attempts += 1
+            got = False
             if args.mode == "strict":
                 try:
                     await limiter.acquire(cost, max_wait=0)
-                    admitted += 1
+                    got = True
                 except rk.RateLimitExceeded:
                     pass
             elif limiter.try_acquire(cost) == 0.0:
+                got = True
+            if got:
                 admitted += 1
+                if args.timeline:
+                    timeline.append(round(time.time(), 4))
             next_at += interval
             await trio.sleep_until(next_at)
         ended = time.time()
@@ -79,6 +87,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "ended": ended,
         "round_trips": stats.redis_round_trips - before,
         "members": stats.members or math.nan,
+        "timeline": timeline,
     }
 
 
@@ -96,6 +105,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=100, help="input tokens per admission")
     parser.add_argument("--mode", default="approximate", choices=["approximate", "strict"])
     parser.add_argument("--sync-interval", type=float, default=1.0)
+    parser.add_argument("--redis-timeout", type=float, default=0.5)
+    parser.add_argument(
+        "--policy", default="local_fallback", choices=["local_fallback", "fail_open", "fail_closed"]
+    )
+    parser.add_argument("--timeline", action="store_true", help="report every admission time")
     args = parser.parse_args()
     print(json.dumps(trio.run(run, args)), flush=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,69 @@ async def test_credential_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     fetched = rk.CallableCredential(refresh)
     assert (await fetched.resolve()).get_secret_value() == "token-1-abcdef"
     assert (await fetched.resolve()).get_secret_value() == "token-2-abcdef"
+
+
+def test_huge_integers_are_config_errors(tmp_path: Path) -> None:
+    # TOML integers have no size limit: float() of one overflowed and leaked OverflowError.
+    with pytest.raises(rk.ConfigError, match="requests_per_minute: must be at most"):
+        rk.RateLimits(requests_per_minute=10**400)
+    data = {
+        "endpoints": [
+            {
+                "name": "a",
+                "provider": "openai",
+                "base_url": "http://x",
+                "breaker": {"open_duration": 10**400, "failure_threshold": -(10**30)},
+                "limits": {"max_concurrent": 2**53 + 1, "max_wait": 10**20},
+            }
+        ]
+    }
+    with pytest.raises(rk.ConfigError) as info:
+        rk.load_config(data)
+    assert set(dict(info.value.errors)) == {
+        "$.endpoints[0].breaker.open_duration",
+        "$.endpoints[0].breaker.failure_threshold",
+        "$.endpoints[0].limits.max_concurrent",
+        "$.endpoints[0].limits.max_wait",
+    }
+    text = str(info.value)
+    assert "an integer of about 401 digits" in text  # not 401 digits printed
+    path = tmp_path / "huge.toml"
+    path.write_text(
+        '[[endpoints]]\nname = "a"\nprovider = "openai"\nbase_url = "http://x"\n'
+        f"[endpoints.limits]\nrequests_per_minute = {10**400}\n"
+    )
+    with pytest.raises(rk.ConfigError, match="requests_per_minute: must be at most"):
+        rk.load_config(path)
+    path.write_text(f"event_buffer = {'9' * 5000}\n")  # more digits than Python will read
+    with pytest.raises(rk.ConfigError, match="refuses to read"):
+        rk.load_config(path)
+
+
+def test_the_readme_example_reports_all_three_mistakes() -> None:
+    # An unknown deployment endpoint was dropped whenever other fields had problems.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (shown,) = re.findall(r"```\n(invalid configuration \(3 problems\):\n.*?)```", readme, re.S)
+    data = {
+        "endpoints": [
+            {
+                "name": "openai-primary",
+                "provider": "openai",
+                "base_url": "https://api.openai.com/v1",
+                "breaker": {"failure_treshold": 10, "open_duration": -1.0},
+            }
+        ],
+        "deployments": [{"name": "chat", "endpoints": ["openai-primary", "ghost"]}],
+    }
+    with pytest.raises(rk.ConfigError) as info:
+        rk.load_config(data)
+    assert str(info.value) == shown.strip()
+
+
+def test_new_limiter_options_are_validated() -> None:
+    limits = rk.RateLimits()
+    assert (limits.max_wait, limits.expected_nodes, limits.key_idle_timeout) == (30.0, 1, 600.0)
+    assert rk.RateLimits(max_wait=None, key_idle_timeout=None, max_pause=0).max_pause == 0
+    for bad in ({"max_wait": -1}, {"expected_nodes": 0}, {"key_idle_timeout": 0}):
+        with pytest.raises(rk.ConfigError):
+            rk.RateLimits(**bad)  # type: ignore[arg-type]

@@ -54,11 +54,12 @@ def available(h: rk.LimiterHandle, name: str = "requests_per_minute") -> float:
     return limit.available
 
 
-async def test_refill_is_continuous_and_holds_one_minutes_worth(
+async def test_refill_is_continuous_and_requests_hold_ten_seconds_worth(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    async with limiter(requests_per_minute=60) as h:
-        for _ in range(60):  # burst = one minute's worth
+    # (Request limits used to hold one minute's worth; they now hold ten seconds' worth.)
+    async with limiter(requests_per_minute=60, tokens_per_minute=600) as h:
+        for _ in range(10):  # request burst = ceil(60 / 6)
             assert h.try_acquire() == 0.0
         assert h.try_acquire() == pytest.approx(1.0)  # then L/60 per second: no edge burst
         await trio.sleep(0.25)
@@ -66,8 +67,11 @@ async def test_refill_is_continuous_and_holds_one_minutes_worth(
         await trio.sleep(0.75)
         assert h.try_acquire() == 0.0
         assert h.try_acquire() == pytest.approx(1.0)
-        await trio.sleep(3600)
-        assert available(h) == pytest.approx(60.0)  # idle time never stores more than a burst
+        await trio.sleep(500)  # (under key_idle_timeout, which would drop the idle key)
+        assert available(h) == pytest.approx(10.0)  # idle time never stores more than a burst
+        # Token limits keep one minute's worth, so one large request fits.
+        assert available(h, "tokens_per_minute") == pytest.approx(600.0)
+        assert h.try_acquire(rk.Cost(input_tokens=600)) == 0.0
 
 
 async def test_burst_setting(mock_clock: trio.testing.MockClock) -> None:
@@ -89,7 +93,7 @@ async def test_admission_is_all_or_nothing(mock_clock: trio.testing.MockClock) -
         assert h.try_acquire(rk.Cost(input_tokens=80)) == 0.0
         wait = h.try_acquire(rk.Cost(input_tokens=80))
         assert wait == pytest.approx(60 * 60 / 100)  # 60 missing tokens at 100/min
-        assert available(h) == pytest.approx(59.0)  # the refused request took no request
+        assert available(h) == pytest.approx(9.0)  # the refused request took no request
         assert available(h, "tokens_per_minute") == pytest.approx(20.0)
 
 
@@ -201,7 +205,7 @@ async def test_reserve_settle_refund_and_debt(mock_clock: trio.testing.MockClock
         r2.refund()  # never sent: all back
         r2.settle(rk.Cost(input_tokens=1))
         assert available(h, "tokens_per_minute") == pytest.approx(850.0)
-        assert available(h) == pytest.approx(99.0)  # r2's request came back too
+        assert available(h) == pytest.approx(16.0)  # r2's request came back too (burst 17)
 
         r3 = await h.reserve(rk.Cost(input_tokens=100))
         r3.settle(rk.Cost(input_tokens=1500))  # more than estimated: a debt
@@ -295,11 +299,14 @@ async def test_headers_clamp_and_lower_limits_but_never_raise_them(
         )
         (key,) = h.statistics().keys
         req, tok = key.limits
-        assert (req.limit, req.effective_limit, req.available) == (100, 50, pytest.approx(10))
+        # The request burst (17, ten seconds' worth of 100/min) scales with the limit: 9.
+        assert (req.limit, req.effective_limit, req.available) == (100, 50, pytest.approx(9))
         assert (tok.effective_limit, tok.available) == (10_000, pytest.approx(10_000))
         assert [lim.name for lim in key.limits] == ["requests_per_minute", "tokens_per_minute"]
+        h.observe_headers({"x-ratelimit-remaining-requests": "3"})
+        assert available(h) == pytest.approx(3.0)  # clamped to the provider's remaining
         await trio.sleep(60)
-        assert available(h) == pytest.approx(50.0)  # refills at, and holds, the provider's limit
+        assert available(h) == pytest.approx(9.0)  # refills at, and holds, the provider's burst
         h.observe_headers({"x-ratelimit-limit-requests": "500"})
         assert h.statistics().keys[0].limits[0].effective_limit == 100  # back, not above
 
@@ -342,7 +349,10 @@ async def test_a_429_pauses_the_whole_key(mock_clock: trio.testing.MockClock) ->
 
 
 async def test_statistics_show_waiters_and_utilisation(mock_clock: trio.testing.MockClock) -> None:
-    async with supervisor(endpoint(requests_per_minute=10)) as sup, trio.open_nursery() as n:
+    async with (
+        supervisor(endpoint(requests_per_minute=10, requests_burst=10)) as sup,
+        trio.open_nursery() as n,
+    ):
         h = sup.limiter("ep")
         for _ in range(5):
             h.try_acquire()
@@ -402,7 +412,7 @@ async def test_endpoints_sharing_a_key_enforce_the_stricter_limits(
 
 
 async def test_removing_an_endpoint_fails_its_waiters(mock_clock: trio.testing.MockClock) -> None:
-    async with supervisor(endpoint(requests_per_minute=1, requests_burst=1)) as sup:
+    async with supervisor(endpoint(requests_per_minute=1, requests_burst=1, max_wait=None)) as sup:
         h = sup.limiter("ep")
         h.try_acquire()
         failed: list[BaseException] = []

@@ -102,7 +102,8 @@ def test_garbage_headers_are_ignored() -> None:
 def test_spec_reads_limits_bursts_and_merges_to_the_stricter() -> None:
     a = KeySpec.from_limits(rk.RateLimits(requests_per_minute=600, tokens_per_minute=1000))
     assert a.dims == (REQUESTS, TOKENS)
-    assert a.bursts[REQUESTS] == 600  # one minute's worth by default
+    assert a.bursts[REQUESTS] == 100  # ten seconds' worth by default (was one minute's)
+    assert a.bursts[TOKENS] == 1000  # tokens: one minute's worth
     b = KeySpec.from_limits(
         rk.RateLimits(requests_per_minute=100, requests_burst=10, max_concurrent=4)
     )

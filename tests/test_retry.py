@@ -204,3 +204,13 @@ async def test_budget_minimum_allows_retries_at_low_traffic(
     r = Retrier(rk.RetryPolicy(jitter="none", initial_backoff=0), budget=budget)
     fn = Flaky(server_error(), server_error(), server_error())
     assert await r.run(fn) == "done"
+
+
+async def test_a_local_rate_limit_is_never_retried_on_the_same_endpoint() -> None:
+    # The local limiter already made the call wait max_wait; a retry after its retry_after
+    # would wait past max_wait (deployments move on to another endpoint instead).
+    r = rk.Retrier(rk.RetryPolicy(max_retries=3))
+    exc = rk.LocalRateLimited("would wait 12s", key="k", wait=12.0, provider="openai")
+    assert exc.retryable
+    decision = r.next_delay(exc, attempt=0, started_at=0.0)
+    assert not decision.retry and "local rate limit" in decision.reason

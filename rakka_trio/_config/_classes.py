@@ -7,11 +7,10 @@ the private cattrs converter in ``_convert.py``, which reports *every* bad field
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +21,19 @@ from .._errors import ConfigError
 from .._providers import get_provider, provider_names
 from ._deployment import DeploymentConfig
 from ._fleet import FleetConfig, fleet_config
+from ._validators import (
+    _as_dict,
+    _as_list,
+    _bool,
+    _choice,
+    _credential,
+    _headers,
+    _instance,
+    _name,
+    _number,
+    _optional_str,
+    _url,
+)
 
 __all__ = [
     "BreakerConfig",
@@ -44,117 +56,6 @@ RedisFailurePolicy = Literal["fail_open", "fail_closed", "local_fallback"]
 WindowType = Literal["count", "time"]
 CapacityPolicy = Literal["reject", "queue", "fallback"]
 BudgetAction = Literal["reject", "warn", "throttle"]
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
-
-# --- validators -----------------------------------------------------------------------------
-# Each raises ConfigError naming the field so direct construction and loading read the same.
-# They ignore the instance so the loader can run them field by field to report every problem.
-
-Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
-
-
-def _fail(attribute: attrs.Attribute[Any], message: str) -> None:
-    raise ConfigError([(attribute.name, message)])
-
-
-def _number(
-    *,
-    gt: float | None = None,
-    ge: float | None = None,
-    le: float | None = None,
-    integer: bool = False,
-    optional: bool = False,
-) -> Validator:
-    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None:
-            if not optional:
-                _fail(attribute, "is required")
-            return
-        kinds: tuple[type, ...] = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            _fail(attribute, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
-        if not math.isfinite(value):
-            _fail(attribute, f"must be finite, got {value!r}")
-        if gt is not None and not value > gt:
-            _fail(attribute, f"must be > {gt}, got {value!r}")
-        if ge is not None and not value >= ge:
-            _fail(attribute, f"must be >= {ge}, got {value!r}")
-        if le is not None and not value <= le:
-            _fail(attribute, f"must be <= {le}, got {value!r}")
-
-    return check
-
-
-def _choice(*options: str, among: Callable[[], tuple[str, ...]] | None = None) -> Validator:
-    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        allowed = among() if among is not None else options  # among: looked up at each check
-        if value not in allowed:
-            _fail(attribute, f"must be one of {', '.join(allowed)}; got {value!r}")
-
-    return check
-
-
-def _name(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        _fail(
-            attribute,
-            f"must be 1-128 characters of letters, digits, '.', '_' or '-'; got {value!r}",
-        )
-
-
-def _bool(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, bool):
-        _fail(attribute, f"must be true or false, got {value!r}")
-
-
-def _instance(kind: type, what: str) -> Validator:
-    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, kind):
-            _fail(attribute, f"must be {what}, got {type(value).__name__}")
-
-    return check
-
-
-def _optional_str(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        _fail(attribute, f"must be a non-empty string, got {value!r}")
-
-
-def _url(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
-        _fail(attribute, f"must be an http:// or https:// URL, got {value!r}")
-
-
-def _headers(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        _fail(attribute, "must be a table of string header names to string values")
-
-
-def _credential(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not isinstance(value, Credential):
-        _fail(attribute, "must be a credential source (env, file, value or callable)")
-
-
-def _as_list(value: Any) -> list[Any]:
-    if isinstance(value, str | bytes | Mapping) or not hasattr(value, "__iter__"):
-        raise ConfigError([("$", f"must be a list, got {type(value).__name__}")])
-    return list(value)
-
-
-def _str_items(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise ConfigError([(f"{attribute.name}[{i}]", f"must be a string, got {item!r}")])
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError([("$", f"must be a table, got {type(value).__name__}")])
-    return dict(value)
-
 
 # --- config classes -------------------------------------------------------------------------
 
@@ -255,15 +156,22 @@ class RetryPolicy:
 class RateLimits:
     """Provider budgets for one endpoint's key; ``None`` means unlimited (docs/rate-limiting.md).
 
-    A limit of L per minute refills continuously at L/60 per second and holds at most one
-    minute's worth, or ``*_burst`` units when set (a cost above the burst fails at once).
+    A limit of L per minute refills continuously at L/60 per second. A request-count limit
+    holds at most ten seconds' worth (burst ``ceil(L/6)``, at least 1), so any 60 s window
+    admits at most ``L + burst``; token limits hold one minute's worth so one large request
+    fits. ``*_burst`` sets another burst (a cost above the burst fails at once).
+    ``max_wait`` bounds how long a call waits for budget (``None``: no bound); past it the call
+    fails with a local :class:`~rakka_trio.LocalRateLimited` (a :class:`~rakka_trio.RateLimited`).
     ``mode`` is ``local`` (in-process), ``approximate`` (shared via Redis, local-speed checks)
     or ``strict`` (one atomic Redis call per admission); ``redis_failure_policy`` says what
-    happens when Redis is unreachable. ``adaptive`` lets provider rate-limit headers lower the
-    limits (never above these) and 429s pause the key for at most ``max_pause`` seconds.
+    happens when Redis is unreachable, and ``expected_nodes`` is the fleet size a node assumes
+    for its share until it has reached Redis once. ``adaptive`` lets provider rate-limit
+    headers lower the limits (never above these) and 429s pause the key for at most
+    ``max_pause`` seconds (0: no pause); ``adaptive=False`` ignores both.
     Shared modes sync every ``sync_interval`` seconds, lease about ``lease_seconds`` of this
     node's demand at a time (approximate), and forget a node silent for ``node_ttl`` seconds
-    (returning its concurrency permits). See docs/rate-limiting.md.
+    (returning its concurrency permits). A key unused for ``key_idle_timeout`` seconds with
+    nothing in flight is dropped (``None``: never). See docs/rate-limiting.md.
     """
 
     requests_per_minute: int | None = attrs.field(
@@ -300,10 +208,15 @@ class RateLimits:
         default=None, validator=_number(ge=1, integer=True, optional=True)
     )
     adaptive: bool = attrs.field(default=True, validator=_bool)
-    max_pause: float = attrs.field(default=60.0, validator=_number(gt=0))
+    max_pause: float = attrs.field(default=60.0, validator=_number(ge=0))
+    max_wait: float | None = attrs.field(default=30.0, validator=_number(ge=0, optional=True))
     sync_interval: float = attrs.field(default=1.0, validator=_number(gt=0))
     lease_seconds: float = attrs.field(default=2.0, validator=_number(gt=0))
     node_ttl: float = attrs.field(default=10.0, validator=_number(gt=0))
+    expected_nodes: int = attrs.field(default=1, validator=_number(ge=1, integer=True))
+    key_idle_timeout: float | None = attrs.field(
+        default=600.0, validator=_number(gt=0, optional=True)
+    )
 
     def __attrs_post_init__(self) -> None:
         errors = []
@@ -544,6 +457,37 @@ class SupervisorConfig:
         if errors:
             raise ConfigError(errors)
 
+    @staticmethod
+    def _raw_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The cross-field rules on raw data (for the loader, when other fields failed):
+        duplicate endpoint names and deployments naming unknown endpoints."""
+        problems: list[tuple[str, str]] = []
+        endpoints = data.get("endpoints")
+        names: set[str] = set()
+        if isinstance(endpoints, list | tuple):
+            for i, ep in enumerate(endpoints):
+                name = ep.get("name") if isinstance(ep, Mapping) else getattr(ep, "name", None)
+                if not isinstance(name, str):
+                    continue
+                if name in names:
+                    problems.append((f"endpoints[{i}].name", f"duplicate endpoint name {name!r}"))
+                names.add(name)
+        deployments = data.get("deployments")
+        if isinstance(deployments, list | tuple):
+            for i, dep in enumerate(deployments):
+                if isinstance(dep, Mapping):
+                    refs = dep.get("endpoints")
+                else:
+                    refs = getattr(dep, "endpoints", None)
+                if not isinstance(refs, list | tuple):
+                    continue
+                for j, ref in enumerate(refs):
+                    if isinstance(ref, str) and ref not in names:
+                        problems.append(
+                            (f"deployments[{i}].endpoints[{j}]", f"unknown endpoint {ref!r}")
+                        )
+        return problems
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SupervisorConfig:
         """Build from plain data (as parsed from TOML/JSON). Raises :class:`ConfigError`
@@ -579,4 +523,6 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> Superviso
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError([("$", f"{path} is not valid TOML: {exc}")]) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise ConfigError([("$", f"{path} holds a value Python refuses to read: {exc}")]) from None
     return SupervisorConfig.from_dict(data)

@@ -26,6 +26,7 @@ from .._credentials import (
     credential_from_raw,
 )
 from .._errors import ConfigError
+from ._validators import MAX_INTEGER
 
 __all__ = ["structure_config", "unstructure_config"]
 
@@ -112,6 +113,12 @@ def _make_converter() -> cattrs.Converter:
                         continue
                 kwargs[name] = value
             if problems:
+                # Cross-field rules run on construction, which field problems prevent: let
+                # the class check what it can on the raw data so nothing goes unreported.
+                raw_problems = getattr(cls, "_raw_problems", None)
+                if raw_problems is not None:
+                    seen = {path for path, _ in problems}
+                    problems.extend(p for p in raw_problems(data) if p[0] not in seen)
                 raise _Problems(problems)
             try:
                 return cls(**kwargs)
@@ -145,7 +152,12 @@ def _make_converter() -> cattrs.Converter:
     # Leaves pass through unchanged: the attrs validators give the readable messages. Only
     # integers written where a float belongs are widened (TOML `open_duration = 30`).
     def passthrough(data: Any, tp: Any) -> Any:
-        if _is_optional_float(tp) and isinstance(data, int) and not isinstance(data, bool):
+        if (
+            _is_optional_float(tp)
+            and isinstance(data, int)
+            and not isinstance(data, bool)
+            and abs(data) <= MAX_INTEGER  # larger ones stay integers: the validator says why
+        ):
             return float(data)
         return data
 

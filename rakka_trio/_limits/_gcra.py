@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import attrs
 
 from .._config import RateLimits
-from ._cost import BURST_FIELDS, EPS, LIMIT_FIELDS, Vector
+from ._cost import BURST_FIELDS, EPS, LIMIT_FIELDS, REQUESTS, Vector
+
+
+def default_burst(d: int, per_minute: int) -> int:
+    """The burst of a limit configured without one: ten seconds' worth for requests (at
+    least 1: providers enforce request limits at sub-minute granularity, so any 60 s window
+    admits at most ``L + burst``), one minute's worth for tokens (one large request fits)."""
+    if d == REQUESTS:
+        return max(1, math.ceil(per_minute / 6))
+    return per_minute
+
 
 # --- key specification --------------------------------------------------------------------------
 
@@ -31,13 +42,21 @@ class KeySpec:
         """Read the per-dimension limits and bursts of a :class:`RateLimits`."""
         per_minute = [getattr(limits, f) or 0 for f in LIMIT_FIELDS]
         bursts = [
-            (getattr(limits, b) or per_minute[i]) if per_minute[i] else 0
+            (getattr(limits, b) or default_burst(i, per_minute[i])) if per_minute[i] else 0
             for i, b in enumerate(BURST_FIELDS)
         ]
         dims = tuple(i for i in range(4) if per_minute[i])
         lim4 = (per_minute[0], per_minute[1], per_minute[2], per_minute[3])
         bur4 = (bursts[0], bursts[1], bursts[2], bursts[3])
         return cls(dims, lim4, bur4, limits.max_concurrent, limits)
+
+    def lowered_burst(self, d: int, per_minute: float) -> float:
+        """The burst of dimension ``d`` once its limit is lowered to ``per_minute`` (provider
+        headers): the configured burst scaled by the same ratio, at least 1."""
+        limit = self.limits[d]
+        if not limit or per_minute >= limit:
+            return float(self.bursts[d])
+        return float(max(1, math.ceil(self.bursts[d] * per_minute / limit - EPS)))
 
     def merge(self, other: KeySpec) -> KeySpec:
         """The stricter of two specs for one key: every limit of either, each at its minimum."""

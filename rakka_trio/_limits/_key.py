@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rakka_trio.limiter")
 
+#: The wait reported for a refusal whose budget is there but whose turn has not come (the
+#: line is about to move): never 0.0, which means "admitted".
+MIN_REFUSED_WAIT = 0.001
+
 
 # --- keys ---------------------------------------------------------------------------------------
 
@@ -89,6 +93,8 @@ class Key:
         self._paused_until = -math.inf
         self._in_flight = 0
         self._users = 0  # handles sharing this key
+        self.reserved = 0  # reservations taken and not yet released
+        self.retired = False  # no handle uses it any more: dropped as soon as it is idle
         self.closed = False
         self.effective = list(spec.limits)  # per-minute limits after adaptive lowering
         self.admitted = 0
@@ -138,6 +144,19 @@ class Key:
         cap = self.spec.max_concurrent
         return cap is None or self._in_flight < cap
 
+    def _permit_wait(self) -> float:
+        """Seconds until a concurrency permit could be had: 0.0 when one is free here,
+        ``math.inf`` when none is free and no time is known (they free as calls end)."""
+        return 0.0 if self._permits_free() else math.inf
+
+    def _refuses(self, v: Vector, now: float) -> bool:
+        """True when an admission would be refused outright (shared keys: ``fail_closed``)."""
+        return False
+
+    def _full(self, now: float) -> bool:
+        """True when dropping this key and re-creating it later grants nothing extra."""
+        return True
+
     def _on_release(self) -> None:
         """A permit was returned (distributed keys sync it)."""
 
@@ -178,29 +197,38 @@ class Key:
         return ahead
 
     def estimate(self, v: Vector, now: float) -> float:
-        """Seconds ``v`` would wait, in line behind the current waiters (at least the pause)."""
+        """Seconds of *rate* budget ``v`` would wait, in line behind the current waiters (at
+        least the pause). Permits are not included: see :meth:`wait_needed`."""
         self.check_fits(v)
         ahead = self.queue_ahead() if self._waiters else None
         return max(self._estimate(v, now, ahead), self._paused_until - now, 0.0)
 
-    def wait_estimate(self, v: Vector) -> float:
-        """Seconds ``v`` would wait if asked now (0.0: admitted at once), taking nothing.
-
-        ``math.inf`` when it can never fit (larger than a burst) or must wait for a
-        concurrency permit to come back (no time is known for that).
-        """
+    def wait_needed(self, v: Vector, permit: bool, now: float) -> float:
+        """Seconds an admission of ``v`` (with a permit, if asked) would wait now, changing
+        nothing: 0.0 when it would be admitted at once; ``math.inf`` when it never fits, is
+        refused (closed, ``fail_closed`` without Redis), or waits for a concurrency permit
+        (no time is known for that)."""
+        if self.closed or self._refuses(v, now):
+            return math.inf
         bursts = self._bursts()
         for d in self.spec.dims:
             if v[d] > bursts[d]:
                 return math.inf
-        if not self._permits_free():
-            return math.inf
-        now = self._clock()
-        ahead = self.queue_ahead() if self._waiters else None
-        return max(self._estimate(v, now, ahead), self._paused_until - now, 0.0)
+        waiters = self._waiters
+        permit_wait = 0.0
+        if permit or any(w.permit for w in waiters):
+            permit_wait = self._permit_wait()  # itself, or behind, a wait for a permit
+            if permit_wait == math.inf:
+                return math.inf
+        ahead = self.queue_ahead() if waiters else None
+        wait = max(self._estimate(v, now, ahead), self._paused_until - now, permit_wait, 0.0)
+        if waiters and wait < MIN_REFUSED_WAIT:
+            wait = MIN_REFUSED_WAIT  # the budget is there, but others are first in line
+        return wait
 
     def try_acquire(self, cost: Cost) -> float:
-        """Take ``cost`` now and return 0.0, or return the wait it needs and take nothing."""
+        """Take ``cost`` now and return 0.0, or return the wait it needs (always > 0) and take
+        nothing."""
         v = cost._v
         now = self._clock()
         if not self._waiters and now >= self._paused_until:
@@ -208,8 +236,13 @@ class Key:
             if not wait:
                 self.admitted += 1
                 return 0.0
+        return self.refuse(v, now)
+
+    def refuse(self, v: Vector, now: float) -> float:
+        """Count a refused :meth:`try_acquire` and return the wait it needs (never 0.0)."""
         self.rejected += 1
-        return self.estimate(v, now)
+        self.check_fits(v)
+        return max(self.wait_needed(v, False, now), MIN_REFUSED_WAIT)
 
     async def acquire(self, v: Vector, permit: bool, max_wait: float) -> None:
         """Wait in line until ``v`` (and a permit, if asked) is taken."""
@@ -329,6 +362,32 @@ class Key:
         self._on_release()
         self.wake_head()
 
+    # -- eviction ---------------------------------------------------------------------------------
+
+    def activity(self) -> tuple[int, ...]:
+        """Counters that change whenever the key is used (the registry's idle detector)."""
+        return (
+            self.admitted,
+            self.rejected,
+            self.cancelled,
+            self._in_flight,
+            self.reserved,
+            len(self._waiters),
+        )
+
+    def evictable(self) -> bool:
+        """True when the key can be dropped now: nobody waits, holds a permit or a
+        reservation, no pause runs, and (local keys) the bucket is full again, so that
+        re-creating it later grants nothing extra."""
+        now = self._clock()
+        return (
+            not self._waiters
+            and self._in_flight == 0
+            and self.reserved == 0
+            and now >= self._paused_until
+            and self._full(now)
+        )
+
     # -- adaptive control -----------------------------------------------------------------------
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
@@ -374,6 +433,8 @@ class Key:
         wait = min(wait, self.spec.limits_config.max_pause)
         if headers:
             self.observe_headers(headers)
+        if wait <= 0:
+            return max(now, self._paused_until) + self.offset  # max_pause = 0: no pauses
         return self.pause(now + wait, cause, endpoint, now) + self.offset
 
     def pause(self, until: float, cause: str, endpoint: str | None, now: float) -> float:

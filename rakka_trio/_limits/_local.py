@@ -99,8 +99,10 @@ class LocalKey(Key):
         return self._refuse(cost, now)
 
     def _refuse(self, cost: Cost, now: float) -> float:
-        self.rejected += 1
-        return self.estimate(cost._v, now)
+        return self.refuse(cost._v, now)
+
+    def _full(self, now: float) -> bool:
+        return all(t <= now for t in self._gcra.tat)
 
     def _admit(self, v: Vector, permit: bool, now: float) -> float:
         if permit and not self._permits_free():
@@ -123,7 +125,7 @@ class LocalKey(Key):
         self._gcra.clamp(self.spec.dims.index(dim), remaining, now)
 
     def _lower_limit(self, dim: int, per_minute: int, now: float) -> None:
-        burst = min(self.spec.bursts[dim], per_minute)
+        burst = self.spec.lowered_burst(dim, per_minute)
         self._gcra.set_rate(self.spec.dims.index(dim), per_minute, burst, now)
         self._install(self._gcra)
         self.wake_head()

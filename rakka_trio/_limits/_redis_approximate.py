@@ -127,6 +127,22 @@ class ApproximateKey(SharedKey):
         else:
             self.pending_clamp[dim] = remaining
 
+    def _refuses(self, v: Vector, now: float) -> bool:
+        # Under fail_closed without Redis the escrow is still spent.
+        return super()._refuses(v, now) and any(self.level[d] < v[d] for d in self.spec.dims)
+
+    def _full(self, now: float) -> bool:
+        # A negative escrow is a debt the next leases repay: leaving now would forget it.
+        return all(self.level[d] >= 0 for d in self.spec.dims)
+
+    def _permit_wait(self) -> float:
+        if self._in_flight < self.permits_held:
+            return 0.0
+        cap = self.spec.max_concurrent
+        if cap is not None and self.backend.healthy and self.fleet_permits < cap:
+            return MIN_SYNC_GAP  # free elsewhere at the last sync: a lease away
+        return math.inf
+
     def _on_release(self) -> None:
         if self.permit_waiting or self.permits_held > self._in_flight + 1:
             self.signal()
@@ -164,29 +180,37 @@ class ApproximateKey(SharedKey):
                 wants[d] = math.ceil(target - level)
             elif not waiting and level > 2.0 * target + 1.0:
                 gives[d] = level - target
-            self.level[d] -= gives[d]  # moved out now, restored if the call fails
-        charges = self.charges()
+            # Moved out now and for good: the given total carries it until Redis took it.
+            self.level[d] -= gives[d]
+            self.given[d] += gives[d]
+        self.charge_unsynced()
         clamps = self.pending_clamp
         self.pending_clamp = {}
         cap = self.spec.max_concurrent
         permits = 0
         if cap is not None:
-            permit_waiters = sum(1 for w in self._waiters if w.permit)
-            busy = 1 if self.admission_rate > 0 else 0
-            permits = 0 if leave else self._in_flight + permit_waiters + busy
+            need = self._in_flight + sum(1 for w in self._waiters if w.permit)
+            # A busy node keeps one spare permit (its next call needs no round trip), but only
+            # while that leaves one free for the others: a spare held forever by an idle node
+            # starved every other node of a small cap.
+            others = max(0, self.fleet_permits - self.permits_held)
+            spare = 1 if self.admission_rate > 0 and others + need + 2 <= cap else 0
+            permits = 0 if leave else need + spare
+            # Permits given back stop being usable now, not when Redis answers: callers
+            # arriving meanwhile would use permits Redis is handing to other nodes.
+            self.permits_held = min(self.permits_held, max(permits, self._in_flight))
         args = self.common_args(now, leave, permits)
-        for d, (limit, burst) in enumerate(self.dims_args()):
-            clamp = float(clamps.get(d, -1))
-            if clamp >= 0:
-                # The provider's remaining covers our escrow too: the shared part is the rest.
-                clamp = max(0.0, clamp - max(self.level[d], 0.0))
-            args += [limit, burst, wants[d], gives[d], charges[d], clamp]
+        shared_clamps: dict[int, float] = {}
+        for d, remaining in clamps.items():
+            # The provider's remaining covers our escrow too: the shared part is the rest.
+            shared_clamps[d] = max(0.0, remaining - max(self.level[d], 0.0))
+        args += self.dim_args(wants, shared_clamps)
         self.need = [0.0, 0.0, 0.0, 0.0]
         self.permit_waiting = False
-        return args, (gives, charges, clamps, wants)
+        return args, (clamps, wants)
 
     def lease_done(self, reply: Sequence[Any], pending: Any, now: float) -> None:
-        _gives, _charges, _clamps, wants = pending
+        _clamps, wants = pending
         grants = self.common_done(reply, now)
         partial = False
         for d in self.spec.dims:
@@ -216,12 +240,17 @@ class ApproximateKey(SharedKey):
         self.wake_head()
 
     def lease_failed(self, pending: Any) -> None:
-        gives, charges, clamps, _wants = pending
-        for d in self.spec.dims:
-            self.level[d] += gives[d]
-            self.unsynced[d] += charges[d]
+        # Tokens given back stay given (the total is re-sent; Redis may have taken them
+        # already), permits given back stay given, grants of a call that ran after all
+        # arrive with the next answer's granted total.
+        clamps, _wants = pending
+        self.common_failed()
         for d, remaining in clamps.items():
             self.pending_clamp.setdefault(d, remaining)
+
+    def state_lost(self) -> None:
+        # Permits held by a lost state or a forgotten member are held no more: ask again.
+        self.permits_held = 0
 
     def retighten(self, spec: KeySpec) -> None:
         super().retighten(spec)

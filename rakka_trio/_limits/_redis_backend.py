@@ -16,7 +16,7 @@ from .._events import Event
 from .._redact import redact
 from ._gcra import KeySpec
 from ._redis_approximate import ApproximateKey
-from ._redis_scripts import REDIS_FAILURES, SCRIPTS
+from ._redis_scripts import MIN_SYNC_GAP, REDIS_FAILURES, SCRIPTS
 from ._redis_shared import SharedKey
 from ._redis_strict import StrictKey
 from ._registry import LimiterRegistry
@@ -60,7 +60,8 @@ class RedisBackend:
     async def call(
         self, key: SharedKey, which: str, args: list[Any], keys: list[str] | None = None
     ) -> Any:
-        """Run the ``lease`` or ``admit`` script for ``key`` (on ``keys``, default all three):
+        """Run the ``lease`` or ``admit`` script for ``key`` (on ``keys``, default state, nodes
+        and permits):
         its reply (a list for ``lease``, an integer for ``admit``), or ``None`` when Redis
         failed (health is updated)."""
         if self.client is None:
@@ -199,9 +200,15 @@ class RedisBackend:
 
     async def _sync(self, key: SharedKey, *, leave: bool = False) -> None:
         now = key._clock()
+        key.before_lease(now)
         args, pending = key.lease_args(now, leave)
-        reply = await self.call(key, "lease", args)
+        reply = await self.call(key, "lease", args, key.lease_keys)
         if reply is None:
             key.lease_failed(pending)
+            return
+        if not reply:
+            # Overtaken by a newer call of this node (only a call sent after a timed-out one
+            # that Redis ran late can be): the newer one carried everything.
+            key.not_before = key._clock() + MIN_SYNC_GAP
             return
         key.lease_done(reply, pending, key._clock())

@@ -64,21 +64,44 @@ end
 """
 
 # LEASE: heartbeat, top up / give back escrow, charge debts, clamp, pause, permits.
+#
+# Idempotent: a call that timed out on the node may still run when Redis wakes (a stall), after
+# the node has sent newer ones. So every call carries a sequence number and, for what it moves,
+# this node's cumulative *totals* (tokens given back, charged; permits released) rather than
+# deltas; the node's ledger (KEYS[4], one per node incarnation) keeps the totals already
+# applied and the last sequence number. A call applies only the part of its totals not yet
+# applied, a call overtaken by a newer one changes nothing, and grants are returned as a total
+# too, so tokens granted to a call whose answer was lost reach the node with the next answer.
 # Permits are two monotone totals per node in C, granted (<node>:g) and released (<node>:r);
-# the node holds g - r. Totals, unlike a "held" count, make a heartbeat and an admission that
-# cross in flight commute. Approximate nodes ask for a number to hold (ARGV 7); strict nodes
+# the node holds g - r. Approximate nodes ask for a number to hold (ARGV 7); strict nodes
 # report their release total (ARGV 8, applied as a maximum).
 # ARGV: 1 node, 2 ttl_ms, 3 init_full, 4 leave, 5 pause_ms, 6 max_conc, 7 permits_want
-#       (-1: keep), 8 released_total (-1: none), then 4 dims x (L, B, want, give, charge,
-#       clamp (-1: none)) from ARGV[9].
-# Returns: epoch, created, members, pause_left_ms, permits_held, grant x4, level x4, granted.
+#       (-1: keep), 8 released_total (-1: none), 9 seq, 10 confirmed seq (0: none yet), then
+#       4 dims x (L, B, want, given_total, charged_total, clamp (-1: none)) from ARGV[11].
+# Returns: epoch, created, members, pause_left_ms, permits_held, grant x4, level x4, granted,
+#          grant_total x4, permits in use fleet-wide -- or an empty list for a call overtaken
+#          by a newer one.
 LEASE_LUA = (
     _COMMON
     + """
+local LG = KEYS[4]
 local node = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local init_full = ARGV[3] == '1'
 local leave = ARGV[4] == '1'
+local seq = tonumber(ARGV[9])
+local led = redis.call('GET', LG)
+local tot = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+local rebase = false
+if led then
+  local v = {struct.unpack('<ddddddddddddd', led)}
+  if seq <= v[1] then return {} end
+  for k = 1, 12 do tot[k] = v[k + 1] end
+elseif tonumber(ARGV[10]) > 0 then
+  -- The ledger is gone although a call of this node was applied (Redis lost its data): take
+  -- the node's totals as applied rather than charge or refund its whole history again.
+  rebase = true
+end
 if leave then
   redis.call('ZREM', N, node)
 else
@@ -93,18 +116,27 @@ local grants = {0, 0, 0, 0}
 local levels = {0, 0, 0, 0}
 local fields = {'e', epoch, 'ts', now, 'p', p}
 for i = 1, 4 do
-  local b = 8 + (i - 1) * 6
+  local b = 10 + (i - 1) * 6
   local L = tonumber(ARGV[b + 1])
+  local given, charged = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  local give, charge = 0, 0
+  if not rebase then
+    give = math.max(0, given - tot[4 + i])
+    charge = math.max(0, charged - tot[i])
+  end
+  tot[4 + i] = math.max(tot[4 + i], given)
+  tot[i] = math.max(tot[i], charged)
   if L > 0 then
     local B = tonumber(ARGV[b + 2])
     local l = level(i, L, B, init_full)
-    l = math.min(B, l + tonumber(ARGV[b + 4])) - tonumber(ARGV[b + 5])
+    l = math.min(B, l + give) - charge
     local clamp = tonumber(ARGV[b + 6])
     if clamp >= 0 and l > clamp then l = clamp end
     local want = tonumber(ARGV[b + 3])
     if want > 0 and l > 0 and not paused then
       local g = math.floor(math.min(want, l))
       grants[i] = g
+      tot[8 + i] = tot[8 + i] + g
       l = l - g
     end
     levels[i] = l
@@ -139,23 +171,27 @@ if want_p >= 0 then
   end
 end
 if cu < 0 then cu = 0 end
-if g > r then
-  redis.call('HSET', C, node .. ':g', g, node .. ':r', r)
-else
+-- The totals stay while the node lives (deleting them when equal made its next, larger
+-- release total free permits still in use); a leaving node takes them with it.
+if leave then
   redis.call('HDEL', C, node .. ':g', node .. ':r')
-  g = 0
-  r = 0
+elseif g > 0 then
+  redis.call('HSET', C, node .. ':g', g, node .. ':r', r)
 end
 local held = g - r
+if leave then held = 0 end
 table.insert(fields, 'cu')
 table.insert(fields, cu)
 redis.call('HSET', S, unpack(fields))
 expire(ttl)
+-- Kept after a leave too: a late call of this incarnation then finds itself overtaken.
+redis.call('SET', LG, struct.pack('<ddddddddddddd', seq, unpack(tot)), 'PX',
+           math.max(600000, 3 * ttl))
 local left = 0
 if p > now then left = math.ceil(p - now) end
 return {epoch, created, members, left, held, grants[1], grants[2], grants[3], grants[4],
         math.floor(levels[1]), math.floor(levels[2]), math.floor(levels[3]),
-        math.floor(levels[4]), g}
+        math.floor(levels[4]), g, tot[9], tot[10], tot[11], tot[12], cu}
 """
 )
 

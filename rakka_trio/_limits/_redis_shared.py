@@ -1,10 +1,11 @@
 """Shared rate limits through Redis (``coredis`` on Trio): approximate and strict modes.
 
 Redis holds, per key, one token bucket per limit refilled by Redis's own clock (``TIME``), so
-every node sees the same budget. Three Redis keys share one hash tag (cluster-safe):
+every node sees the same budget. Its Redis keys share one hash tag (cluster-safe):
 ``<prefix>{<label>}:s`` (levels, refill time, pause, epoch, permits in use), ``:n`` (live nodes,
-scored by heartbeat expiry) and ``:c`` (each node's concurrency permits as monotone granted and
-released totals, so heartbeats and admissions that cross in flight commute).
+scored by heartbeat expiry), ``:c`` (each node's concurrency permits as monotone granted and
+released totals, so heartbeats and admissions that cross in flight commute) and ``:L:<member>``
+(each member's ledger, see "Stalls" below).
 
 ``approximate`` — escrow leases (bounded counter). A node *leases* tokens out of the shared
 bucket and spends them locally at memory speed; a background task tops the escrow up before it
@@ -24,8 +25,15 @@ Failure handling: every call has ``redis_timeout``; a failure marks Redis unavai
 :class:`LimiterFallback` event) and each key follows ``redis_failure_policy`` — ``fail_closed``
 refuses with :class:`LimiterUnavailable` (approximate keys still spend what they had leased),
 ``fail_open`` admits without limits, ``local_fallback`` admits within this node's share
-(``1/N`` of each limit, ``N`` the last known number of live nodes). Spending done without Redis
-is charged to the shared bucket once it is back (at most one burst), so the fleet re-converges.
+(``1/N`` of each limit, ``N`` the last known number of live nodes, or ``expected_nodes`` before
+Redis ever answered). Spending done without Redis is charged to the shared bucket once it is
+back (at most one burst per outage), so the fleet re-converges.
+
+Stalls: a call that timed out may still run when Redis wakes. Syncs therefore carry a sequence
+number and cumulative totals (given, charged, released, and grants returned as a total), and a
+per-member ledger in Redis keeps what was applied, so nothing is applied twice and a call
+overtaken by a newer one changes nothing. A member is ``node_id#incarnation``: a key re-created
+later, or one whose node was silent for ``node_ttl`` (and may have been dropped), starts afresh.
 A restart that lost the keys is detected (a new epoch: :class:`LimiterStateLost`); the state is
 re-created empty — refilling from that moment — because the nodes may still hold leases of the
 old state. Nodes that stop heartbeating for ``node_ttl`` seconds are dropped with their permits.
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +83,20 @@ class SharedKey(Key):
         self.backend = backend
         self.redis_keys = [f"{KEY_PREFIX}{{{label}}}:{s}" for s in ("s", "n", "c")]
         self.state_key = self.redis_keys[:1]
+        # This key object's identity in the fleet: the node id plus an incarnation, so that a
+        # key re-created later (or after a silence long enough to be forgotten) never
+        # inherits the permit totals or the ledger of an earlier one.
+        self.member = ""
+        self.lease_keys: list[str] = []
+        self.generation = 0  # bumped with each new incarnation
+        self.seq = 0  # LEASE sequence numbers of this incarnation
+        self.confirmed_seq = 0  # the last one answered
+        self.sent_at = 0.0  # key time the LEASE in flight was sent
+        self.last_ok_sent: float | None = None  # ... and the last answered one
+        self.given = [0.0, 0.0, 0.0, 0.0]  # totals given back / charged / granted (ledger)
+        self.charged = [0.0, 0.0, 0.0, 0.0]
+        self.received = [0.0, 0.0, 0.0, 0.0]
+        self.new_incarnation()
         self._bursts_cache: tuple[list[int], list[float]] | None = None
         self.sync_wanted = trio.Event()
         self.not_before = 0.0  # key time
@@ -81,10 +104,15 @@ class SharedKey(Key):
         self.epoch: str | None = None
         self.seen = False  # this node has seen the shared state (a later "created" = lost)
         self.lease_fresh = True  # the LEASE in flight was sent before the state was seen
-        self.members = 1
+        # Before Redis answered once: the fleet size the configuration expects (a fleet
+        # started during an outage must not assume each node is alone).
+        self.members = spec.limits_config.expected_nodes
         self.permits_held = 0
+        self.fleet_permits = 0  # permits in use fleet-wide, as of the last sync
         self.unsynced = [0.0, 0.0, 0.0, 0.0]  # spent without Redis, charged when it is back
+        self.outage_charged = [0.0, 0.0, 0.0, 0.0]  # ... so far in this outage (capped)
         self.pending_pause = -math.inf  # end (key time) of a pause of ours to publish
+        self.sent_pause = -math.inf  # ... and of the one in the LEASE in flight
         self.adopting = False  # applying a pause read from Redis (not to publish again)
         self.pending_clamp: dict[int, int] = {}
         self.remote_levels = [0.0, 0.0, 0.0, 0.0]
@@ -94,17 +122,39 @@ class SharedKey(Key):
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def new_incarnation(self) -> None:
+        """Start afresh in the fleet under a new member id (fresh ledger and permit totals)."""
+        self.member = f"{self.backend.node_id}#{secrets.token_hex(4)}"
+        self.lease_keys = [*self.redis_keys, f"{KEY_PREFIX}{{{self.label}}}:L:{self.member}"]
+        self.generation += 1
+        self.seq = self.confirmed_seq = 0
+        self.last_ok_sent = None
+        self.given = [0.0, 0.0, 0.0, 0.0]
+        self.charged = [0.0, 0.0, 0.0, 0.0]
+        self.received = [0.0, 0.0, 0.0, 0.0]
+
+    def before_lease(self, now: float) -> None:
+        """Called before each LEASE: after a silence of ``node_ttl`` (a stall of this process
+        or of Redis) the fleet may have dropped this member with its permits; carry on as a
+        new one rather than report totals against counters that were deleted."""
+        ttl = self.spec.limits_config.node_ttl
+        if self.last_ok_sent is not None and now - self.last_ok_sent >= ttl:
+            log.warning("limiter %s: silent for %.1fs; re-registering", self.label, ttl)
+            self.new_incarnation()
+            self.state_lost()
+
+    def _refuses(self, v: Vector, now: float) -> bool:
+        return not self.backend.healthy and _policy(self) == "fail_closed"
+
     def signal(self) -> None:
         """Ask the background sync to run soon."""
         if not self.sync_wanted.is_set():
             self.sync_wanted.set()
 
     def effective_burst(self, d: int) -> float:
-        """The burst of ``d``: configured, or at most the provider's lower limit (one minute's
-        worth of it) once headers lowered the limit."""
-        if self.effective[d] >= self.spec.limits[d]:
-            return float(self.spec.bursts[d])
-        return float(min(self.spec.bursts[d], self.effective[d]))
+        """The burst of ``d``: configured, or scaled down with the limit once provider headers
+        lowered it."""
+        return self.spec.lowered_burst(d, self.effective[d])
 
     def _bursts(self) -> list[float]:
         # Read on every strict admission (the burst check): recomputed only when the
@@ -233,12 +283,15 @@ class SharedKey(Key):
     ) -> list[Any]:
         """The LEASE arguments before the per-dimension ones."""
         pause_ms = max(0.0, (self.pending_pause - now) * 1000.0)
+        self.sent_pause = self.pending_pause
         self.pending_pause = -math.inf
         cap = self.spec.max_concurrent
         ttl_ms = self.spec.limits_config.node_ttl * 1000.0
         self.lease_fresh = not self.seen
+        self.seq += 1
+        self.sent_at = now
         return [
-            self.backend.node_id,
+            self.member,
             round(ttl_ms),
             1 if self.lease_fresh else 0,
             1 if leave else 0,
@@ -246,7 +299,22 @@ class SharedKey(Key):
             cap or 0,
             permits_want if cap is not None else -1,
             released if cap is not None else -1,
+            self.seq,
+            self.confirmed_seq,
         ]
+
+    def dim_args(self, wants: list[float], clamps: dict[int, float]) -> list[Any]:
+        """The per-dimension LEASE arguments: limit, burst, want, the given and charged
+        totals, clamp."""
+        args: list[Any] = []
+        for d, (limit, burst) in enumerate(self.dims_args()):
+            args += [limit, burst, wants[d], self.given[d], self.charged[d], clamps.get(d, -1)]
+        return args
+
+    def common_failed(self) -> None:
+        """A LEASE failed or timed out. Its totals stay counted (the next call re-sends them;
+        if this one ran after all, nothing is applied twice); only the pause is re-sent."""
+        self.pending_pause = max(self.pending_pause, self.sent_pause)
 
     def common_done(self, reply: Sequence[Any], now: float) -> list[int]:
         """Apply the shared part of a LEASE reply; return the grants."""
@@ -256,16 +324,30 @@ class SharedKey(Key):
         self.apply_pause(int(reply[3]), now)
         if self.spec.max_concurrent is not None:
             self.permits_held = int(reply[4])
+            self.fleet_permits = int(reply[18])
         for d in range(4):
             self.remote_levels[d] = float(reply[9 + d])
         self.fallback_bucket = None
         self.last_sync = now
-        return [int(reply[5 + d]) for d in range(4)]
+        self.confirmed_seq = self.seq
+        self.last_ok_sent = self.sent_at
+        self.outage_charged = [0.0, 0.0, 0.0, 0.0]  # the outage, if any, is over
+        # Tokens granted: this call's, or more when an earlier call ran but its answer was
+        # lost (the granted total says so); a smaller total means the ledger was re-created.
+        grants = []
+        for d in range(4):
+            now_granted, total = int(reply[5 + d]), float(reply[14 + d])
+            grants.append(max(now_granted, int(total - self.received[d])))
+            self.received[d] = total
+        return grants
 
-    def charges(self) -> list[float]:
-        """Spend without Redis to charge now (at most one burst per limit)."""
-        out = [0.0, 0.0, 0.0, 0.0]
+    def charge_unsynced(self) -> None:
+        """Add the spend done without Redis to the charged total: at most one burst per limit
+        per outage (the fallback admitted within this node's share of the rate, which the
+        shared bucket refilled meanwhile), however many calls fail during it."""
         for d in self.spec.dims:
-            out[d] = min(self.unsynced[d], self.effective_burst(d))
+            room = max(0.0, self.effective_burst(d) - self.outage_charged[d])
+            charge = min(self.unsynced[d], room)
+            self.charged[d] += charge
+            self.outage_charged[d] += charge
             self.unsynced[d] = 0.0
-        return out

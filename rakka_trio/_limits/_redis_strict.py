@@ -48,7 +48,7 @@ class StrictKey(SharedKey):
     def try_acquire(self, cost: Any) -> float:
         raise TypeError(
             f"limit key {self.label} is strict: every admission is a Redis call, so use "
-            "`await limiter.acquire(cost, max_wait=0)` instead of try_acquire()"
+            "`await limiter.acquire(cost, max_wait=0)` instead of acquire_nowait()/try_acquire()"
         )
 
     async def acquire(self, v: Vector, permit: bool, max_wait: float) -> None:
@@ -94,6 +94,7 @@ class StrictKey(SharedKey):
             self.pending_grants += 1
         fresh = not self.seen
         ask = cap is not None and not spare
+        generation = self.generation
         args = self.admit_args(v, fresh, cap if ask and cap is not None else 0)
         try:
             reply = await backend.call(
@@ -122,10 +123,20 @@ class StrictKey(SharedKey):
         if not admitted:
             if spare:
                 self.spares += 1
-            # No permit free anywhere: poll, since another node's release can't wake us.
-            return 0.05 if wait_ms < 0 else wait_ms / 1000.0
+            if wait_ms < 0:
+                # No permit free anywhere: poll, since another node's release can't wake us.
+                self.fleet_permits = self.spec.max_concurrent or 0
+                return 0.05
+            return wait_ms / 1000.0
         if ask:
-            self.known_grants += 1
+            if cap is not None:  # one was free just now: not full (the next sync says more)
+                self.fleet_permits = min(self.fleet_permits, cap - 1)
+            if generation == self.generation:
+                self.known_grants += 1
+            else:
+                # Granted to the member this node was before it re-registered: that member's
+                # permits are freed when it expires, so this one ends locally.
+                self.local_permits += 1
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
         except trio.Cancelled:
@@ -136,7 +147,7 @@ class StrictKey(SharedKey):
     def admit_args(self, v: Vector, fresh: bool, max_conc: int) -> list[bytes]:
         """ADMIT's arguments; the unchanging parts are encoded once per limits change."""
         cached = self._admit_args
-        if cached is None or cached[0] != self.effective:
+        if cached is None or cached[0] != self.effective or cached[1] != self.member.encode():
             dims = self.spec.dims
             limits = struct.pack(
                 f"<{3 * len(dims)}d",
@@ -144,7 +155,7 @@ class StrictKey(SharedKey):
             )
             cached = (
                 list(self.effective),
-                self.backend.node_id.encode(),
+                self.member.encode(),
                 struct.Struct(f"<{4 + len(dims)}d"),
                 float(round(self.spec.limits_config.node_ttl * 1000.0)),
                 limits,
@@ -181,6 +192,16 @@ class StrictKey(SharedKey):
         self.local_permits = self._in_flight
         self.known_grants = self.released = self.unknown_released = self.spares = 0
 
+    def _permit_wait(self) -> float:
+        cap = self.spec.max_concurrent
+        if cap is None:
+            return 0.0
+        if self.spares > 0:
+            return 0.0  # released here, still counted in Redis: reusable at once
+        if self._in_flight >= cap or self.fleet_permits >= cap:
+            return math.inf
+        return 0.0
+
     def _estimate(self, v: Vector, now: float, ahead: list[float] | None) -> float:
         wait = 0.0
         for d in self.spec.dims:
@@ -205,19 +226,21 @@ class StrictKey(SharedKey):
             self.signal()  # released to Redis at the next sync unless reused before
 
     def lease_args(self, now: float, leave: bool) -> tuple[list[Any], Any]:
+        # Settlements, refunds and released permits move into totals for good: a call that
+        # fails re-sends them, and one that ran after all is not applied twice.
         adjust = self.pending_adjust
         self.pending_adjust = [0.0, 0.0, 0.0, 0.0]
-        charges = self.charges()
+        for d in self.spec.dims:
+            self.given[d] += max(-adjust[d], 0.0)
+            self.charged[d] += max(adjust[d], 0.0)
+        self.charge_unsynced()
         clamps = self.pending_clamp
         self.pending_clamp = {}
-        moved, self.spares = self.spares, 0
-        self.released += moved
+        self.released += self.spares  # never reused once reported: Redis may count them
+        self.spares = 0
         args = self.common_args(now, leave, -1, self.released + self.unknown_released)
-        for d, (limit, burst) in enumerate(self.dims_args()):
-            give = max(-adjust[d], 0.0)
-            charge = max(adjust[d], 0.0) + charges[d]
-            args += [limit, burst, 0, give, charge, clamps.get(d, -1)]
-        return args, (adjust, charges, clamps, moved)
+        args += self.dim_args([0.0, 0.0, 0.0, 0.0], dict(clamps))
+        return args, clamps
 
     def lease_done(self, reply: Sequence[Any], pending: Any, now: float) -> None:
         self.common_done(reply, now)
@@ -232,11 +255,6 @@ class StrictKey(SharedKey):
         self.wake_head()
 
     def lease_failed(self, pending: Any) -> None:
-        adjust, charges, clamps, moved = pending
-        self.released -= moved
-        self.spares += moved
-        for d in self.spec.dims:
-            self.pending_adjust[d] += adjust[d]
-            self.unsynced[d] += charges[d]
-        for d, remaining in clamps.items():
+        self.common_failed()
+        for d, remaining in pending.items():
             self.pending_clamp.setdefault(d, remaining)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import trio
 
 from .._config import EndpointConfig
 from .._credentials import EnvCredential, Secret, StaticCredential
@@ -15,7 +18,7 @@ from .._errors import (
 from .._events import Event
 from .._extras import require
 from ._gcra import KeySpec
-from ._handle import LimiterHandle
+from ._handle import LimiterHandle, server_identity
 from ._key import Key, fast_clock
 from ._local import LocalKey
 from ._stats import LimiterStatistics
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
     from ._redis_backend import RedisBackend
 
 log = logging.getLogger("rakka_trio.limiter")
+
+RETIRED_POLL = 1.0  # how often a retired key still in use is checked again (s)
 
 
 # --- the registry (one per supervisor) ----------------------------------------------------------
@@ -67,6 +72,11 @@ class LimiterRegistry:
         self._handles: dict[str, LimiterHandle] = {}
         self._keys: dict[tuple[str, str], Key] = {}
         self.backend: RedisBackend | None = None
+        self.evicted = 0  # keys dropped because idle or retired
+        self._sweeper_started = False
+        self._sweep_wanted = trio.Event()
+        # Per key: the activity counters last seen and when they last changed (Trio time).
+        self._seen: dict[Key, tuple[tuple[int, ...], float]] = {}
 
     def publish(self, event: Event) -> None:
         """Publish a limiter event on the supervisor's bus."""
@@ -86,6 +96,7 @@ class LimiterRegistry:
             self,
             default_model=config.model,
             fingerprint=_static_fingerprint(config),
+            server=server_identity(config.base_url),
         )
         self._handles[config.name] = handle
         if limits.mode != "local":
@@ -124,6 +135,7 @@ class LimiterRegistry:
                 backend = self._ensure_backend()
                 key = backend.new_key(label, spec, clock, offset)
             self._keys[(label, mode)] = key
+            self._start_sweeper()
         elif spec != key.spec:
             merged = key.spec.merge(spec)
             if merged != key.spec:
@@ -134,14 +146,69 @@ class LimiterRegistry:
                 )
                 key.retighten(merged)
         key._users += 1
+        key.retired = False
         return key
 
     def release_key(self, key: Key) -> None:
-        """One user of ``key`` left; close it when it was the last."""
+        """One user of ``key`` left (its endpoint was removed); close it when it was the last
+        (its waiters fail with :class:`LimiterUnavailable`)."""
         key._users -= 1
         if key._users <= 0:
-            self._keys.pop((key.label, key.mode), None)
-            key.close()
+            self._drop(key)
+
+    def retire_key(self, key: Key) -> None:
+        """One user of ``key`` moved to another key (credential rotation): when it was the
+        last, the key is dropped as soon as nothing is in flight on it."""
+        key._users -= 1
+        if key._users <= 0 and not key.closed:
+            key.retired = True
+            self._sweep_wanted.set()
+
+    def _drop(self, key: Key) -> None:
+        if self._keys.get((key.label, key.mode)) is key:
+            del self._keys[(key.label, key.mode)]
+        self._seen.pop(key, None)
+        key.close()
+
+    # -- eviction ---------------------------------------------------------------------------------
+
+    def _start_sweeper(self) -> None:
+        if not self._sweeper_started:
+            self._sweeper_started = True
+            self._start_task("limiter:evict", self._sweeper)
+
+    async def _sweeper(self) -> None:
+        """Drop keys idle for their ``key_idle_timeout`` and retired keys once idle (a shared
+        key then leaves the fleet and its sync task ends)."""
+        while True:
+            wake_at = self.sweep(trio.current_time())
+            with trio.move_on_at(wake_at):
+                await self._sweep_wanted.wait()
+            self._sweep_wanted = trio.Event()
+
+    def sweep(self, now: float) -> float:
+        """One pass of the sweeper at Trio time ``now``; returns when the next is due."""
+        wake_at = math.inf
+        for key in list(self._keys.values()):
+            activity = key.activity()
+            seen = self._seen.get(key)
+            if seen is None or seen[0] != activity:
+                seen = self._seen[key] = (activity, now)
+            timeout = key.spec.limits_config.key_idle_timeout
+            idle_enough = timeout is not None and now - seen[1] >= timeout
+            if (key.retired or idle_enough) and key.evictable():
+                log.info(
+                    "limiter key %s dropped (%s)", key.label, "retired" if key.retired else "idle"
+                )
+                self.evicted += 1
+                self._drop(key)
+                continue
+            if key.retired:
+                wake_at = min(wake_at, now + RETIRED_POLL)
+            if timeout is not None:
+                # Sampled four times per timeout: dropped within 1.25 x the idle time.
+                wake_at = min(wake_at, now + timeout / 4)
+        return wake_at
 
     def _ensure_backend(self) -> RedisBackend:
         if self.backend is None:

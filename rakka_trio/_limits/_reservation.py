@@ -34,10 +34,11 @@ class Reservation:
         self._state = _OPEN
         self._released = False
         self._sent = False
+        key.reserved += 1  # the key is not dropped while a reservation is open
 
     @property
     def key(self) -> str:
-        """The limit key (``provider:fingerprint:family``) the budget came from."""
+        """The limit key (``provider:server:fingerprint:family``) the budget came from."""
         return self._key.label
 
     @property
@@ -90,6 +91,7 @@ class Reservation:
         if self._released:
             return
         self._released = True
+        self._key.reserved -= 1
         if self._state == _OPEN:
             self._state = _SETTLED
         if self._permit:
@@ -125,10 +127,12 @@ class Reservation:
     def __del__(self) -> None:
         # The holder died without releasing: give the permit back rather than leak it. This
         # may run at any time the garbage collector does, even after the Trio run ended.
-        if self._permit and not self._released:
+        if not self._released:
             self._released = True
-            with contextlib.suppress(Exception):  # outside a run nothing can be woken
-                self._key.release_permit()
+            self._key.reserved -= 1
+            if self._permit:
+                with contextlib.suppress(Exception):  # outside a run nothing can be woken
+                    self._key.release_permit()
 
     def __repr__(self) -> str:
         state = ("open", "settled", "refunded")[self._state]

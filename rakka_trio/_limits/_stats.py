@@ -13,7 +13,7 @@ from .._events import Event
 class LimiterPaused(Event):
     """A key stopped admitting until ``until`` (Trio clock) after a provider 429.
 
-    ``key`` is ``provider:fingerprint:family`` (never the credential); ``endpoint`` is the
+    ``key`` is ``provider:server:fingerprint:family`` (never the credential); ``endpoint`` is the
     endpoint that observed it (``None`` when the pause came from another node through Redis);
     ``cause`` is ``retry_after``, ``reset`` (from rate-limit headers), ``default`` (a 429
     without hints) or ``shared``.
@@ -64,7 +64,7 @@ class LimitStatistics:
 
 @attrs.frozen(kw_only=True)
 class KeyStatistics:
-    """A snapshot of one limit key (``provider:fingerprint:family``).
+    """A snapshot of one limit key (``provider:server:fingerprint:family``).
 
     Counters: ``admitted`` admissions, ``waited`` of them after waiting in line, ``rejected``
     refusals (``try_acquire`` or ``max_wait``), ``cancelled`` waiters, ``pauses`` after 429s,
