@@ -91,6 +91,9 @@ def _limits(budget: tuple[int, int | None], mode: LimiterMode) -> RateLimits:
         requests_burst=burst,
         tokens_per_minute=requests * 300,  # ~15 tokens a request: never the binding limit
         mode=mode,
+        # Each demo runs its own mock provider on its own port; naming one scope makes demos
+        # on one Redis share the budgets as replicas calling one real provider would.
+        server_scope="demo-provider" if mode != "local" else None,
     )
 
 

@@ -298,3 +298,30 @@ async def test_a_rotated_credential_retires_its_old_key(
         r.release()
         await trio.sleep(5)
         assert old not in [k.label for k in registry.all_keys()]  # idle: dropped at once
+
+
+async def test_a_server_scope_shares_one_budget_across_base_urls() -> None:
+    # Two servers are two budgets by default; naming one scope puts them on one key.
+    def config(scope: str | None) -> rk.SupervisorConfig:
+        limits = rk.RateLimits(requests_per_minute=60, server_scope=scope)
+        return rk.SupervisorConfig(
+            endpoints=[
+                rk.EndpointConfig(
+                    name=name,
+                    provider="openai",
+                    base_url=url,
+                    credential=rk.StaticCredential("sk-scope-test"),
+                    model="gpt-4o-mini",
+                    limits=limits,
+                )
+                for name, url in (("a", "http://127.0.0.1:8001"), ("b", "http://127.0.0.1:8002"))
+            ]
+        )
+
+    for scope, shared in ((None, False), ("one-upstream", True)):
+        async with rk.open_supervisor(config(scope)) as sup:
+            a = {k.key for k in sup.limiter("a").statistics().keys}
+            b = {k.key for k in sup.limiter("b").statistics().keys}
+            assert (a == b) is shared
+    with pytest.raises(rk.ConfigError, match="server_scope"):
+        rk.RateLimits(server_scope="bad scope!")

@@ -31,6 +31,7 @@ from ._validators import (
     _instance,
     _name,
     _number,
+    _optional_name,
     _optional_str,
     _url,
 )
@@ -171,7 +172,9 @@ class RateLimits:
     Shared modes sync every ``sync_interval`` seconds, lease about ``lease_seconds`` of this
     node's demand at a time (approximate), and forget a node silent for ``node_ttl`` seconds
     (returning its concurrency permits). A key unused for ``key_idle_timeout`` seconds with
-    nothing in flight is dropped (``None``: never). See docs/rate-limiting.md.
+    nothing in flight is dropped (``None``: never). ``server_scope`` replaces the base URL's
+    ``host[:port]`` in the key: endpoints (or nodes) that reach one provider budget through
+    different URLs share it when they name the same scope. See docs/rate-limiting.md.
     """
 
     requests_per_minute: int | None = attrs.field(
@@ -217,6 +220,7 @@ class RateLimits:
     key_idle_timeout: float | None = attrs.field(
         default=600.0, validator=_number(gt=0, optional=True)
     )
+    server_scope: str | None = attrs.field(default=None, validator=_optional_name)
 
     def __attrs_post_init__(self) -> None:
         errors = []

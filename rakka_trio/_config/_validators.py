@@ -89,6 +89,11 @@ def _name(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         )
 
 
+def _optional_name(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _name(_inst, attribute, value)
+
+
 def _bool(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bool):
         _fail(attribute, f"must be true or false, got {show(value)}")

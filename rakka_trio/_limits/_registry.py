@@ -96,7 +96,7 @@ class LimiterRegistry:
             self,
             default_model=config.model,
             fingerprint=_static_fingerprint(config),
-            server=server_identity(config.base_url),
+            server=limits.server_scope or server_identity(config.base_url),
         )
         self._handles[config.name] = handle
         if limits.mode != "local":
