@@ -219,7 +219,7 @@ class ControlServer:
         conn.role = role
         conn.actor = f"{client}@{conn.peer}"
         # Subscribe before taking the snapshot, so nothing that happens in between is lost.
-        async with self._sup.subscribe(buffer=self._event_buffer, stats=True) as sub:
+        async with self._sup.open_subscription(buffer=self._event_buffer, stats=True) as sub:
             welcome = proto.WelcomeFrame(
                 protocol=proto.PROTOCOL_VERSION,
                 role=role,
