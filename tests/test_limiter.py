@@ -260,7 +260,9 @@ async def test_concurrency_permits_are_leases(mock_clock: trio.testing.MockClock
         await h.acquire()  # rate-only admissions take no permit
 
 
-async def test_a_dead_holder_cannot_leak_its_permit(mock_clock: trio.testing.MockClock) -> None:
+async def test_a_dead_holder_returns_its_permit_a_dropped_one_warns(
+    mock_clock: trio.testing.MockClock,
+) -> None:
     async with limiter(max_concurrent=1) as h:
 
         async def holder() -> None:
@@ -273,11 +275,11 @@ async def test_a_dead_holder_cannot_leak_its_permit(mock_clock: trio.testing.Moc
 
         leaked = await h.reserve()
         assert h.statistics().in_flight == 1
-        del leaked  # dropped without release (a bug in the caller)
-        gc.collect()
-        assert h.statistics().in_flight == 0
-        with trio.fail_after(1):
-            (await h.reserve()).release()
+        with pytest.warns(ResourceWarning, match="without release"):
+            del leaked  # dropped without release (a bug in the caller)
+            gc.collect()
+        # A finaliser may run anywhere (another thread, after the run): it only warns.
+        assert h.statistics().in_flight == 1
 
 
 async def test_headers_clamp_and_lower_limits_but_never_raise_them(
