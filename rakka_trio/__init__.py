@@ -36,7 +36,7 @@ from ._accounting import (
     prometheus_text,
     usage_cost,
 )
-from ._breaker import BreakerHandle, BreakerStatistics
+from ._breaker import BreakerHandle, BreakerPermit, BreakerStatistics
 from ._call import ChunkStream, Session, SessionStatistics
 from ._chunks import Citation, StreamChunk, ToolCallDelta, Usage
 from ._config import (
@@ -81,6 +81,7 @@ from ._errors import (
     ConfigError,
     ContentFiltered,
     ContextLengthExceeded,
+    DeadlineExceeded,
     EventTooLarge,
     Forbidden,
     LimiterUnavailable,
@@ -152,6 +153,7 @@ __all__ = [
     "BadRequest",
     "BreakerConfig",
     "BreakerHandle",
+    "BreakerPermit",
     "BreakerState",
     "BreakerStatistics",
     "BudgetAlert",
@@ -178,6 +180,7 @@ __all__ = [
     "ControlUnknownEndpoint",
     "Cost",
     "Credential",
+    "DeadlineExceeded",
     "Deployment",
     "DeploymentConfig",
     "DeploymentStatistics",

@@ -21,12 +21,13 @@ import httpx
 import trio
 
 from .._accounting import CallRecord, EndpointMeter
-from .._breaker import BreakerHandle
+from .._breaker import BreakerHandle, BreakerPermit
 from .._chunks import StreamChunk, Usage
 from .._config import EndpointConfig
 from .._engine import Engine, Priority, Submission
 from .._errors import (
     ConfigError,
+    DeadlineExceeded,
     RakkaError,
     RateLimited,
     StreamError,
@@ -98,7 +99,7 @@ class ChunkStream:
     def __init__(
         self,
         endpoint: Endpoint,
-        token: int,
+        permit: BreakerPermit,
         stack: AsyncExitStack,
         events: SSEStream,
         adapter: StreamAdapter,
@@ -109,7 +110,7 @@ class ChunkStream:
     ) -> None:
         self._endpoint = endpoint
         self._reservation = reservation
-        self._token = token
+        self._permit = permit
         self._stack = stack
         self._events = events
         self._adapter = adapter
@@ -150,7 +151,11 @@ class ChunkStream:
     def _settle(self, exc: BaseException | None) -> None:
         if not self._settled:
             self._settled = True
-            self._endpoint.breaker._finish(self._token, exc, None)
+            breaker = self._endpoint.breaker
+            if exc is None:
+                breaker.record_success(self._permit)
+            else:
+                breaker.record_failure(self._permit, exc)
 
     async def _aclose(self) -> None:
         if self._reservation is not None:
@@ -160,9 +165,9 @@ class ChunkStream:
         if not self._settled:
             self._settled = True
             if self._eof:  # the provider delivered everything; the caller just stopped reading
-                self._endpoint.breaker._finish(self._token, None, None)
+                self._endpoint.breaker.record_success(self._permit)
             else:  # left early: never the endpoint's fault, and the probe permit comes back
-                self._endpoint.breaker._release(self._token)
+                self._endpoint.breaker.release(self._permit)
         with trio.CancelScope(shield=True):
             await self._stack.aclose()
 
@@ -231,6 +236,10 @@ class Endpoint:
         """Resolve the credential again and move new calls to a fresh HTTP client; calls in
         flight finish on the old one."""
         await self._session.rotate(reason="requested")
+
+    def attach_engine(self, engine: Engine) -> None:
+        """Give this endpoint its queued path (:meth:`submit`); done by the supervisor."""
+        self._engine = engine
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.name!r} {self._config.provider} {self._breaker.state.value}>"
@@ -305,13 +314,13 @@ class Endpoint:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _total_timeout(self) -> Timeout:
+    def _total_timeout(self) -> DeadlineExceeded:
         total = self._config.timeouts.total
-        return Timeout(
+        return DeadlineExceeded(  # our own limit; a fresh attempt (or endpoint) has a new one
             f"call exceeded its total timeout of {total:g}s",
             phase="total",
-            provider=self._config.provider,
             endpoint=self.name,
+            retryable=True,
         )
 
     async def _with_retries(
@@ -373,7 +382,7 @@ class Endpoint:
             raise ConfigError(
                 [("model", f"request has no model and endpoint {cfg.name!r} has no default")]
             )
-        token = self._breaker._acquire()
+        permit = self._breaker.check()
         stack = AsyncExitStack()
         reservation: Reservation | None = None
         try:
@@ -431,10 +440,10 @@ class Endpoint:
                 more, eof = await self._pull(events, adapter)
                 pending.extend(more)
             return ChunkStream(
-                self, token, stack, events, adapter, pending, eof, attempts, reservation
+                self, permit, stack, events, adapter, pending, eof, attempts, reservation
             )
         except BaseException as exc:
-            self._breaker._finish(token, exc, None)
+            self._breaker.record_failure(permit, exc)
             with trio.CancelScope(shield=True):
                 await stack.aclose()
             raise

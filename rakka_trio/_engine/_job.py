@@ -9,7 +9,7 @@ import trio
 from .._chunks import StreamChunk, Usage
 from .._config import EndpointConfig
 from .._errors import (
-    Timeout,
+    DeadlineExceeded,
 )
 from .._request import ChatRequest
 
@@ -96,13 +96,8 @@ def deadline_after(timeout: float | None) -> float:
     return deadline
 
 
-def deadline_error(config: EndpointConfig) -> Timeout:
-    return Timeout(
-        "the request's deadline passed",
-        phase="deadline",
-        provider=config.provider,
-        endpoint=config.name,
-    )
+def deadline_error(config: EndpointConfig) -> DeadlineExceeded:
+    return DeadlineExceeded("the request's deadline passed", phase="deadline", endpoint=config.name)
 
 
 # Errors raised before anything was sent: safe to take elsewhere even for requests that must

@@ -165,10 +165,10 @@ class Engine:
             # Fail fast with the breaker's own CircuitOpen (its retry_at drives recovery
             # waits); an OPEN breaker refuses without taking a probe permit.
             try:
-                token = breaker._acquire()
+                permit = breaker.check()
             except CircuitOpen as exc:
                 raise self._refuse(exc, "circuit_open") from None
-            breaker._release(token)  # it moved to HALF_OPEN in between: let the call probe
+            breaker.release(permit)  # it moved to HALF_OPEN in between: let the call probe
         if self._meter is not None:
             try:
                 self._meter.cost.check()
