@@ -17,10 +17,9 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TypeVar, TypeVarTuple, final
 
-import attrs
 import trio
 
-from ._breaker_window import FAILURE, NEUTRAL, SUCCESS, OutcomeWindow, outcome_of
+from ._breaker_counts import FAILURE, NEUTRAL, SUCCESS, BreakerStatistics, OutcomeWindow, outcome_of
 from ._config import BreakerConfig
 from ._errors import CircuitOpen, ServerError
 from ._events import BreakerState, Event, ProbeLimitReached, Transition
@@ -35,35 +34,6 @@ _OPEN = BreakerState.OPEN
 _HALF_OPEN = BreakerState.HALF_OPEN
 _FORCED_OPEN = BreakerState.FORCED_OPEN
 _DISABLED = BreakerState.DISABLED
-
-
-@attrs.frozen(kw_only=True)
-class BreakerStatistics:
-    """An immutable snapshot of one breaker.
-
-    ``failure_rate`` is over the current sliding window (``None`` before ``minimum_calls``).
-    Times are on the Trio clock; ``open_until`` is ``math.inf`` for a forced state without
-    expiry and ``None`` when the state has no timer.
-    """
-
-    endpoint: str
-    state: BreakerState
-    consecutive_failures: int
-    calls_in_window: int
-    failures_in_window: int
-    slow_calls_in_window: int
-    failure_rate: float | None
-    successes: int
-    failures: int
-    ignored: int
-    rejected: int
-    trips: int
-    opened_at: float | None
-    open_until: float | None
-    probes_in_flight: int
-    probe_permits_expired: int
-    forced_reason: str | None
-    forced_by: str | None
 
 
 def check_duration(duration: float | None) -> None:
@@ -122,6 +92,7 @@ class BreakerHandle:
     __slots__ = (
         "_calls",
         "_clock",
+        "_closed_guard",
         "_config",
         "_consecutive",
         "_consecutive_trips",
@@ -165,6 +136,7 @@ class BreakerHandle:
         self._wake: Callable[[], None] | None = None
         self._state = _CLOSED
         self._permit = BreakerPermit(self, 0)  # this generation's shared permit
+        self._closed_guard = _ClosedGuard(self, self._permit)
         self._consecutive = 0
         self._calls = 0  # outcomes recorded through the window while closed/disabled
         self._window_failures = 0  # total counted failures recorded through the window
@@ -257,27 +229,29 @@ class BreakerHandle:
             try:
                 result = await fn(*args)
             except BaseException as exc:
-                self._settle(permit, outcome_of(exc, self._config.count_unknown_errors), exc, None)
+                self._report(permit, exc, None)
                 raise
             if permit is self._permit:  # still the same closed generation
                 self._consecutive = 0
                 self._calls += 1
             else:
-                self._settle(permit, SUCCESS, None, None)
+                self._report(permit, None, None)
             return result
         permit = self.check()
         start = self._clock() if self._config.slow_call_duration is not None else 0.0
         try:
             result = await fn(*args)
         except BaseException as exc:
-            outcome = outcome_of(exc, self._config.count_unknown_errors)
-            self._settle(permit, outcome, exc, self._since(start))
+            self._report(permit, exc, self._since(start))
             raise
-        self._settle(permit, SUCCESS, None, self._since(start))
+        self._report(permit, None, self._since(start))
         return result
 
-    def guard(self) -> _Guard:
-        """``async with handle.guard(): ...`` — the same as :meth:`call` for a block."""
+    def guard(self) -> _Guard | _ClosedGuard:
+        """``async with handle.guard(): ...`` — the same as :meth:`call` for a block. Enter
+        the context manager where you create it, as written here."""
+        if self._fast_closed:
+            return self._closed_guard  # no allocation per call: most of guard()'s cost
         return _Guard(self)
 
     # --- operator commands --------------------------------------------------------------------
@@ -434,6 +408,13 @@ class BreakerHandle:
             self._name, state=st.value, opened_at=opened_at, retry_at=retry_at, reason=reason
         )
 
+    def _report(
+        self, permit: BreakerPermit, exc: BaseException | None, duration: float | None
+    ) -> None:
+        """The outcome of a call that returned (``exc`` None) or raised ``exc``."""
+        outcome = SUCCESS if exc is None else outcome_of(exc, self._config.count_unknown_errors)
+        self._settle(permit, outcome, exc, duration)
+
     def _settle(
         self, permit: BreakerPermit, outcome: int, exc: BaseException | None, duration: float | None
     ) -> None:
@@ -536,6 +517,7 @@ class BreakerHandle:
         self._state = to
         self._fast_closed = self._fast and to is _CLOSED
         self._permit = BreakerPermit(self, 0)  # a new generation: older permits are stale
+        self._closed_guard = _ClosedGuard(self, self._permit)
         self._open_until = until
         if to is _CLOSED:
             self._opened_at = None
@@ -574,9 +556,6 @@ class _Guard:
 
     async def __aenter__(self) -> None:
         h = self._handle
-        if h._fast_closed:
-            self._permit = h._permit
-            return
         self._permit = h.check()
         if h._config.slow_call_duration is not None:
             self._start = h._clock()
@@ -587,14 +566,32 @@ class _Guard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._handle._report(self._permit, exc, self._handle._since(self._start))
+
+
+class _ClosedGuard:
+    """What :meth:`BreakerHandle.guard` returns while closed (count window, no slow-call
+    timing): one per generation, shared by its calls, since they all hold its one permit."""
+
+    __slots__ = ("_handle", "_permit")
+
+    def __init__(self, handle: BreakerHandle, permit: BreakerPermit) -> None:
+        self._handle = handle
+        self._permit = permit
+
+    async def __aenter__(self) -> None:
+        if self._permit is not self._handle._permit:
+            raise RuntimeError("enter guard() where it is created: `async with handle.guard():`")
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         h = self._handle
-        permit = self._permit
-        if exc is None:
-            if permit is h._permit and h._fast_closed:
-                h._consecutive = 0
-                h._calls += 1
-                return
-            h._settle(permit, SUCCESS, None, h._since(self._start))
-        else:
-            outcome = outcome_of(exc, h._config.count_unknown_errors)
-            h._settle(permit, outcome, exc, h._since(self._start))
+        if exc is None and self._permit is h._permit:  # still this closed generation
+            h._consecutive = 0
+            h._calls += 1
+            return
+        h._report(self._permit, exc, None)

@@ -500,3 +500,37 @@ async def test_timeouts_are_builtin_timeouts_and_local_ones_never_count(
     assert h.state is S.CLOSED and h.statistics().ignored == 1
     fail(h, provider_side)
     assert h.state is S.OPEN
+
+
+async def test_guards_of_concurrent_calls_each_count_once(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    h = make(failure_threshold=3)
+    results: list[str] = []
+
+    async def one(i: int) -> None:
+        with contextlib.suppress(rk.ServerError):
+            async with h.guard():
+                await trio.sleep(1 + i % 3)
+                if i % 2:
+                    raise server_error()
+                results.append("ok")
+
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(one, i)
+    stats = h.statistics()
+    assert (stats.successes, stats.failures, stats.state) == (2, 2, S.CLOSED)
+    stale = h.guard()
+    fail(h)
+    fail(h)
+    fail(h)  # trips: the guard above belongs to a closed period that is over
+    with pytest.raises(RuntimeError, match="where it is created"):
+        async with stale:
+            pass  # pragma: no cover
+    h.reset()
+    again = h.guard()
+    for _ in range(2):  # within one closed period a guard may be entered again
+        async with again:
+            pass
+    assert h.statistics().successes == 4

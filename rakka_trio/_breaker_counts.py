@@ -1,20 +1,53 @@
-"""What a circuit breaker counts: which outcomes count against an endpoint, and the sliding
-window of recent outcomes its failure-rate and slow-call rules judge by."""
+"""What a circuit breaker counts: which outcomes count against an endpoint, the sliding window
+of recent outcomes its failure-rate and slow-call rules judge by, and the snapshot of its
+counts (:class:`BreakerStatistics`)."""
 
 from __future__ import annotations
 
 from collections import deque
 
+import attrs
+
 from ._config import BreakerConfig
 from ._errors import RakkaError
+from ._events import BreakerState
 
-__all__ = ["FAILURE", "NEUTRAL", "SUCCESS", "OutcomeWindow", "outcome_of"]
+__all__ = ["FAILURE", "NEUTRAL", "SUCCESS", "BreakerStatistics", "OutcomeWindow", "outcome_of"]
 
 SUCCESS = 0
 FAILURE = 1
 NEUTRAL = 2  # does not count either way (cancellation, 4xx, 429, content filter, ...)
 
 _TIME_BUCKETS = 10  # a time window is kept as this many buckets (O(1) memory at any rate)
+
+
+@attrs.frozen(kw_only=True)
+class BreakerStatistics:
+    """An immutable snapshot of one breaker.
+
+    ``failure_rate`` is over the current sliding window (``None`` before ``minimum_calls``).
+    Times are on the Trio clock; ``open_until`` is ``math.inf`` for a forced state without
+    expiry and ``None`` when the state has no timer.
+    """
+
+    endpoint: str
+    state: BreakerState
+    consecutive_failures: int
+    calls_in_window: int
+    failures_in_window: int
+    slow_calls_in_window: int
+    failure_rate: float | None
+    successes: int
+    failures: int
+    ignored: int
+    rejected: int
+    trips: int
+    opened_at: float | None
+    open_until: float | None
+    probes_in_flight: int
+    probe_permits_expired: int
+    forced_reason: str | None
+    forced_by: str | None
 
 
 def outcome_of(exc: BaseException | None, count_unknown: bool) -> int:
