@@ -174,7 +174,7 @@ async def test_storm_trips_within_threshold_then_recovers(mock: MockProvider) ->
         ]
     )
     with trio.fail_after(30):
-        async with rk.open_supervisor(cfg) as sup, sup.subscribe(stats=False) as events:
+        async with rk.open_supervisor(cfg) as sup, sup.open_subscription(stats=False) as events:
             now = trio.current_time()
             mock.add_fault("openai", Fault.status(503), start=now, end=now + 1.0)
             results: Counter[str] = Counter()
