@@ -268,6 +268,11 @@ class Subscription(DropOldestQueue[Event]):
         self._bus = bus
         self.wants_stats = stats
 
+    def close(self) -> None:
+        """Unsubscribe; events already queued are still delivered, then iteration ends."""
+        self._bus._discard(self)
+        super().close()
+
     def close_receiver(self) -> None:
         """Unsubscribe at once; queued events are discarded."""
         self._bus._discard(self)
@@ -358,9 +363,8 @@ class EventBus:
     def close(self) -> None:
         """End every subscription (after it drains what it already has)."""
         self._closed = True
-        for sub in self._subscribers:
+        for sub in list(self._subscribers):
             sub.close()
-        self._subscribers.clear()
 
 
 def frozen_mapping(data: Mapping[str, Any]) -> Mapping[str, Any]:
