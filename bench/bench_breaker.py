@@ -54,9 +54,9 @@ def rakka_raw() -> Loop:
 
     async def loop(n: int) -> None:
         for _ in range(n):
-            check()
+            permit = check()
             await work()
-            record_success()
+            record_success(permit)
 
     return loop
 

@@ -18,6 +18,7 @@ import functools
 import gc
 import time
 import tracemalloc
+from contextlib import AsyncExitStack
 
 import trio
 import trio.testing
@@ -98,8 +99,10 @@ async def fanout_loop(base_url: str, subscribers: int) -> tuple[float, int, int,
         stats_interval=0.05,
         event_buffer=256,
     )
-    async with rk.open_supervisor(cfg) as sup, trio.open_nursery() as nursery:
-        subs = [sup.subscribe() for _ in range(subscribers)]
+    async with rk.open_supervisor(cfg) as sup, AsyncExitStack() as stack:
+        subscribe = sup.open_subscription
+        subs = [await stack.enter_async_context(subscribe()) for _ in range(subscribers)]
+        nursery = await stack.enter_async_context(trio.open_nursery())
         delivered = [0] * subscribers
 
         async def reader(i: int) -> None:

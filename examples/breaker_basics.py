@@ -5,6 +5,11 @@ Run: ``uv run python examples/breaker_basics.py``
 A flaky coroutine stands in for a provider call: it fails with 503s for a while, then
 recovers. The breaker trips after three consecutive failures, fails fast while open, probes
 after ``open_duration`` and closes again; every transition is printed as it happens.
+
+Three ways to guard a call, all equivalent: ``await breaker.call(fn, *args)``,
+``async with breaker.guard(): ...``, or the raw permit API that both are built on (``ask``
+below): ``check()`` admits the call and returns its permit, and the call's outcome is
+reported on that permit exactly once.
 """
 
 from __future__ import annotations
@@ -40,8 +45,20 @@ class FlakyProvider:
         return f"echo: {prompt}"
 
 
+async def ask(breaker: rk.BreakerHandle, provider: FlakyProvider, prompt: str) -> str:
+    """One guarded call with the raw permit API."""
+    permit = breaker.check()  # raises rk.CircuitOpen while the breaker is open
+    try:
+        answer = await provider.complete(prompt)
+    except BaseException as exc:
+        breaker.record_failure(permit, exc)  # cancellation, 429 and other 4xx never count
+        raise
+    breaker.record_success(permit)
+    return answer
+
+
 async def watch(sup: rk.Supervisor, *, task_status: trio.TaskStatus[None]) -> None:
-    async with sup.subscribe(stats=False) as events:
+    async with sup.open_subscription(stats=False) as events:
         task_status.started()
         async for event in events:
             if isinstance(event, rk.Transition):
@@ -59,7 +76,11 @@ async def main() -> list[str]:
         breaker = sup.breaker("primary")
         while seen.count("ok") < 5:
             try:
-                await breaker.call(provider.complete, "hi")
+                if len(seen) % 2:
+                    await ask(breaker, provider, "hi")
+                else:
+                    async with breaker.guard():
+                        await provider.complete("hi")
                 seen.append("ok")
             except rk.CircuitOpen:
                 seen.append("fail-fast")

@@ -59,7 +59,10 @@ async def main() -> dict[str, object]:
     failed: list[str] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_mock_provider, mock)
-        async with rk.open_supervisor(config(mock)) as sup, sup.subscribe(stats=False) as events:
+        async with (
+            rk.open_supervisor(config(mock)) as sup,
+            sup.open_subscription(stats=False) as events,
+        ):
             start = trio.current_time()
             mock.add_fault("openai", Fault.status(503), start=start, end=start + STORM)
             dep = sup.deployment("chat")

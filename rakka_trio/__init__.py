@@ -41,7 +41,7 @@ from ._accounting import (
     prometheus_text,
     usage_cost,
 )
-from ._breaker import BreakerHandle, BreakerStatistics
+from ._breaker import BreakerHandle, BreakerPermit, BreakerStatistics
 from ._call import ChunkStream, Session, SessionStatistics
 from ._chunks import Citation, StreamChunk, ToolCallDelta, Usage
 from ._config import (
@@ -87,6 +87,7 @@ from ._errors import (
     ConfigError,
     ContentFiltered,
     ContextLengthExceeded,
+    DeadlineExceeded,
     EventTooLarge,
     Forbidden,
     LimiterUnavailable,
@@ -185,6 +186,7 @@ __all__ = [
     "BadRequest",
     "BreakerConfig",
     "BreakerHandle",
+    "BreakerPermit",
     "BreakerState",
     "BreakerStatistics",
     "BudgetAlert",
@@ -211,6 +213,7 @@ __all__ = [
     "ControlUnknownEndpoint",
     "Cost",
     "Credential",
+    "DeadlineExceeded",
     "Deployment",
     "DeploymentConfig",
     "DeploymentStatistics",

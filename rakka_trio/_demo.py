@@ -286,7 +286,7 @@ async def _watch(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with sup.subscribe(stats=False) as events:
+    async with sup.open_subscription(stats=False) as events:
         task_status.started()
         async for event in events:
             if isinstance(event, Transition):

@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError",
     "ContentFiltered",
     "ContextLengthExceeded",
+    "DeadlineExceeded",
     "EventTooLarge",
     "Forbidden",
     "LimiterUnavailable",
@@ -289,9 +290,12 @@ class Overloaded(ServerError):
     """The provider is overloaded (Anthropic 529 / ``overloaded_error``)."""
 
 
-class Timeout(ProviderError):
-    """A timeout; ``phase`` is ``connect``, ``first_byte``, ``read_gap``, ``total`` or
-    ``server`` (HTTP 408)."""
+class Timeout(ProviderError, TimeoutError):
+    """The provider (or the network to it) was too slow: ``phase`` is ``connect``, ``write``,
+    ``first_byte``, ``read_gap`` or ``server`` (HTTP 408). Also a builtin :class:`TimeoutError`.
+
+    A time limit of our own running out is :class:`DeadlineExceeded` instead.
+    """
 
     retryable = True
     counts_as_circuit_failure = True
@@ -299,6 +303,30 @@ class Timeout(ProviderError):
     def __init__(self, message: str = "", *, phase: str, **kw: Any) -> None:
         super().__init__(message or f"timed out ({phase})", **kw)
         self.phase = phase
+
+
+class DeadlineExceeded(RakkaError, TimeoutError):
+    """A local time limit ran out: not a :class:`ProviderError`, and never a breaker failure.
+
+    ``phase`` says which: ``total`` (the endpoint's total timeout, or a retry policy's
+    ``deadline``), ``deadline`` (the request's own deadline while it was queued) or ``pool``
+    (no pooled HTTP connection became free in time). ``endpoint`` names the endpoint when
+    there is one. Also a builtin :class:`TimeoutError`, so ``except TimeoutError`` catches
+    every timeout, ours and the provider's.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        phase: str,
+        endpoint: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        prefix = f"{endpoint}: " if endpoint else ""
+        super().__init__(prefix + (message or f"deadline exceeded ({phase})"), retryable=retryable)
+        self.phase = phase
+        self.endpoint = endpoint
 
 
 class NetworkError(ProviderError):

@@ -3,6 +3,7 @@
 Publishing is synchronous and never blocks: each subscriber has a bounded queue; when it is
 full the oldest event is dropped and the subscriber later receives one :class:`Lagged` marker
 saying how many it lost. A slow subscriber therefore never delays a breaker or a request.
+That queue, :class:`DropOldestQueue`, is also what the control client buffers frames in.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import enum
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -20,17 +21,21 @@ import trio
 __all__ = [
     "BreakerState",
     "Command",
+    "DropOldestQueue",
     "EndpointAdded",
     "EndpointRemoved",
     "Event",
     "EventBus",
     "Lagged",
+    "OpenSubscription",
     "ProbeLimitReached",
     "Stats",
     "Subscription",
     "TaskRestarted",
     "Transition",
 ]
+
+T = TypeVar("T")
 
 
 class BreakerState(enum.Enum):
@@ -57,7 +62,7 @@ def _wall() -> float:
 
 @attrs.frozen(kw_only=True)
 class Event:
-    """Base of everything :meth:`Supervisor.subscribe` delivers.
+    """Base of everything :meth:`Supervisor.open_subscription` delivers.
 
     ``at`` is the Trio clock time of the event, ``wall`` the Unix time.
     """
@@ -149,62 +154,86 @@ class TaskRestarted(Event):
     backoff: float
 
 
-class Subscription:
-    """A live event stream: ``async for event in subscription``.
+class DropOldestQueue(trio.abc.ReceiveChannel[T]):
+    """A bounded queue whose producer never blocks: when it is full the oldest item is dropped,
+    and the consumer later receives one lag marker, ``lagged(n)``, saying how many it lost.
 
-    Obtained from :meth:`Supervisor.subscribe`. Ends (iteration stops) when the supervisor
-    shuts down or the subscription is closed.
+    The producer calls :meth:`push` (synchronous) and :meth:`close` (the stream ends once the
+    consumer has drained what is queued: :class:`trio.EndOfChannel`). The consumer has Trio's
+    receive-channel interface: ``async for``, :meth:`receive`, :meth:`receive_nowait` and
+    :meth:`aclose` (after which receiving raises :class:`trio.ClosedResourceError`).
     """
 
-    def __init__(self, bus: EventBus, buffer: int, stats: bool) -> None:
-        self._bus = bus
-        self._queue: deque[Event] = deque()
-        self._buffer = buffer
-        self._stats = stats
+    def __init__(self, capacity: int, lagged: Callable[[int], T]) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"buffer must be a positive integer, got {capacity!r}")
+        self._queue: deque[T] = deque()
+        self._capacity = capacity
+        self._lagged = lagged
+        self._pending_drops = 0
         self._dropped = 0
-        self._dropped_total = 0
-        self._closed = False
+        self._ended = False  # the producer closed: deliver what is queued, then EndOfChannel
+        self._receiver_closed = False
         self._lot = trio.lowlevel.ParkingLot()
 
-    def _push(self, event: Event) -> None:
-        if len(self._queue) >= self._buffer:
-            self._queue.popleft()
-            self._dropped += 1
-            self._dropped_total += 1
-        self._queue.append(event)
-        if self._lot:
-            self._lot.unpark_all()
+    @property
+    def capacity(self) -> int:
+        """How many items are kept before the oldest is dropped."""
+        return self._capacity
 
     @property
     def dropped(self) -> int:
-        """Total events this subscriber lost to lag."""
-        return self._dropped_total
+        """Total items dropped because the consumer fell behind."""
+        return self._dropped
 
-    def receive_nowait(self) -> Event:
-        """Return the next event, :class:`Lagged` first if events were dropped.
+    def push(self, item: T) -> None:
+        """Queue ``item`` without blocking (dropping the oldest when full); ignored once the
+        stream has ended."""
+        if self._ended:
+            return
+        queue = self._queue
+        if len(queue) >= self._capacity:
+            queue.popleft()
+            self._pending_drops += 1
+            self._dropped += 1
+        queue.append(item)
+        if self._lot:
+            self._lot.unpark_all()
 
-        Raises :class:`trio.WouldBlock` when none is waiting and :class:`trio.EndOfChannel`
-        once closed and drained.
+    def close(self) -> None:
+        """End the stream (producer side): queued items are still delivered, then
+        :class:`trio.EndOfChannel`."""
+        self._ended = True
+        self._lot.unpark_all()
+
+    def receive_nowait(self) -> T:
+        """The next item, the lag marker first if items were dropped.
+
+        Raises :class:`trio.WouldBlock` when none is waiting, :class:`trio.EndOfChannel` once
+        the stream ended and was drained, :class:`trio.ClosedResourceError` after
+        :meth:`aclose`.
         """
-        if self._dropped:
-            dropped, self._dropped = self._dropped, 0
-            return Lagged(at=trio.current_time(), dropped=dropped)
+        if self._receiver_closed:
+            raise trio.ClosedResourceError("this receiver was closed")
+        if self._pending_drops:
+            dropped, self._pending_drops = self._pending_drops, 0
+            return self._lagged(dropped)
         if self._queue:
             return self._queue.popleft()
-        if self._closed:
+        if self._ended:
             raise trio.EndOfChannel
         raise trio.WouldBlock
 
-    async def receive(self) -> Event:
-        """Wait for the next event. Raises :class:`trio.EndOfChannel` once closed and drained."""
+    async def receive(self) -> T:
+        """Wait for the next item (see :meth:`receive_nowait` for the end of the stream)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            event = self.receive_nowait()
+            item = self.receive_nowait()
         except trio.WouldBlock:
             pass
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return event
+            return item
         while True:
             await self._lot.park()
             try:
@@ -212,24 +241,67 @@ class Subscription:
             except trio.WouldBlock:
                 continue
 
+    def close_receiver(self) -> None:
+        """Stop receiving at once (synchronous :meth:`aclose`); queued items are discarded."""
+        self._receiver_closed = self._ended = True
+        self._queue.clear()
+        self._pending_drops = 0
+        self._lot.unpark_all()
+
+    async def aclose(self) -> None:
+        """Stop receiving; queued items are discarded."""
+        self.close_receiver()
+        await trio.lowlevel.checkpoint()
+
+
+class Subscription(DropOldestQueue[Event]):
+    """A live event stream: ``async for event in subscription``.
+
+    Yielded by :meth:`Supervisor.open_subscription`, which ends it when its ``async with``
+    block exits. Iteration stops when the supervisor shuts down. When this subscriber falls
+    more than its buffer behind, the oldest events are dropped and a :class:`Lagged` marker
+    says how many.
+    """
+
+    def __init__(self, bus: EventBus, buffer: int, stats: bool) -> None:
+        super().__init__(buffer, _lagged)
+        self._bus = bus
+        self.wants_stats = stats
+
     def close(self) -> None:
-        """Stop receiving; pending events are still delivered, then iteration ends."""
-        if not self._closed:
-            self._closed = True
-            self._bus._subscribers.discard(self)
-            self._lot.unpark_all()
+        """Unsubscribe; events already queued are still delivered, then iteration ends."""
+        self._bus._discard(self)
+        super().close()
 
-    def __aiter__(self) -> Subscription:
-        return self
+    def close_receiver(self) -> None:
+        """Unsubscribe at once; queued events are discarded."""
+        self._bus._discard(self)
+        super().close_receiver()
 
-    async def __anext__(self) -> Event:
-        try:
-            return await self.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
+
+def _lagged(dropped: int) -> Lagged:
+    return Lagged(at=trio.current_time(), dropped=dropped)
+
+
+class OpenSubscription:
+    """``async with bus.open_subscription() as events:`` — subscribes on entry and
+    unsubscribes on exit, so a subscription cannot outlive its block."""
+
+    __slots__ = ("_buffer", "_bus", "_stats", "_subscription")
+
+    def __init__(self, bus: EventBus, buffer: int, stats: bool) -> None:
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+            raise ValueError(f"buffer must be a positive integer, got {buffer!r}")
+        self._bus = bus
+        self._buffer = buffer
+        self._stats = stats
+        self._subscription: Subscription | None = None
 
     async def __aenter__(self) -> Subscription:
-        return self
+        if self._subscription is not None:
+            raise RuntimeError("this subscription context was already entered")
+        self._subscription = self._bus._register(self._buffer, self._stats)
+        return self._subscription
 
     async def __aexit__(
         self,
@@ -237,7 +309,8 @@ class Subscription:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        assert self._subscription is not None
+        self._subscription.close_receiver()
 
 
 class EventBus:
@@ -249,17 +322,22 @@ class EventBus:
         self._closed = False
         self.published = 0
 
-    def subscribe(self, *, buffer: int | None = None, stats: bool = True) -> Subscription:
-        """Register a new subscriber with a queue of ``buffer`` events."""
-        size = self._default_buffer if buffer is None else buffer
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"buffer must be a positive integer, got {size!r}")
-        sub = Subscription(self, size, stats)
+    def open_subscription(
+        self, *, buffer: int | None = None, stats: bool = True
+    ) -> OpenSubscription:
+        """A subscription of ``buffer`` events, registered for the ``async with`` block."""
+        return OpenSubscription(self, self._default_buffer if buffer is None else buffer, stats)
+
+    def _register(self, buffer: int, stats: bool) -> Subscription:
+        sub = Subscription(self, buffer, stats)
         if self._closed:
-            sub._closed = True
+            sub.close()
         else:
             self._subscribers.add(sub)
         return sub
+
+    def _discard(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
 
     @property
     def subscriber_count(self) -> int:
@@ -269,18 +347,18 @@ class EventBus:
     @property
     def wants_stats(self) -> bool:
         """True when at least one subscriber asked for :class:`Stats` events."""
-        return any(s._stats for s in self._subscribers)
+        return any(s.wants_stats for s in self._subscribers)
 
     def publish(self, event: Event) -> None:
         """Deliver ``event`` to every subscriber without blocking."""
         self.published += 1
         if isinstance(event, Stats):
             for sub in self._subscribers:
-                if sub._stats:
-                    sub._push(event)
+                if sub.wants_stats:
+                    sub.push(event)
         else:
             for sub in self._subscribers:
-                sub._push(event)
+                sub.push(event)
 
     def close(self) -> None:
         """End every subscription (after it drains what it already has)."""

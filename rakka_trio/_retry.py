@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from ._config import RetryPolicy
-from ._errors import LocalRateLimited, QuotaExhausted, RakkaError, Timeout
+from ._errors import DeadlineExceeded, LocalRateLimited, QuotaExhausted, RakkaError
 
 __all__ = ["Retrier", "RetryBudget", "RetryDecision"]
 
@@ -204,7 +204,8 @@ class Retrier:
         """Await ``fn(*args)``, retrying per the policy; the last error propagates unchanged.
 
         Cancellation is never retried. With a policy ``deadline`` the whole call (attempts and
-        waits) is bounded by it and overrunning raises :class:`Timeout` (``phase="total"``).
+        waits) is bounded by it and overrunning raises :class:`DeadlineExceeded`
+        (``phase="total"``).
         """
         self._budget.pending += 1
         deadline = self._policy.deadline
@@ -221,7 +222,7 @@ class Retrier:
             except Exception as exc:
                 failure = exc
             return await self._retry(fn, args, failure, started)
-        raise Timeout(f"retry deadline of {deadline:g}s exceeded", phase="total")
+        raise DeadlineExceeded(f"retry deadline of {deadline:g}s exceeded", phase="total")
 
     async def _retry(
         self,

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import MappingProxyType
 from typing import Any
 
@@ -64,6 +65,7 @@ __all__ = [
 log = logging.getLogger("rakka_trio.supervisor")
 
 _WAKE_BUFFER = 1  # one pending wake-up is enough: the task re-reads the deadline anyway
+_CLOSE_SESSIONS_TIMEOUT = 5.0  # seconds that closing every HTTP client may take at shutdown
 
 
 @attrs.frozen(kw_only=True)
@@ -202,11 +204,10 @@ class Supervisor:
         )
         endpoint = Endpoint(config, handle, limiter=limiter, meter=meter)
         # Workers start on demand in this nursery (none while the endpoint is idle).
-        endpoint._engine = engine = Engine(
-            endpoint, config.engine, spawn=self.start_task, meter=meter
-        )
+        engine = Engine(endpoint, config.engine, spawn=self.start_task, meter=meter)
+        endpoint.attach_engine(engine)
         runtime = _EndpointRuntime(endpoint, engine, meter)
-        handle._wake = runtime.wake
+        handle.set_wakeup(runtime.wake)
         self._runtimes[config.name] = runtime
         if self._fleet is not None:
             self._fleet._endpoint_added(config.name)  # a fleet override holds before any call
@@ -219,7 +220,7 @@ class Supervisor:
         runtime = self._runtimes.pop(name, None)
         if runtime is None:
             raise UnknownEndpoint(name)
-        runtime.endpoint.breaker._wake = None
+        runtime.endpoint.breaker.set_wakeup(None)
         runtime.engine.close()  # queued requests move on (deployments) or fail; calls cancelled
         runtime.scope.cancel()
         runtime.wake_send.close()
@@ -271,14 +272,31 @@ class Supervisor:
 
     # --- events and statistics ------------------------------------------------------------
 
-    def subscribe(self, *, buffer: int | None = None, stats: bool = True) -> Subscription:
-        """A live event stream; use as ``async with sup.subscribe() as events:``.
+    def open_subscription(
+        self, *, buffer: int | None = None, stats: bool = True
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """A live event stream for the ``async with`` block that opens it::
 
-        ``buffer`` bounds this subscriber's queue (default ``event_buffer``); when it is full
-        the oldest events are dropped and a :class:`Lagged` marker says how many. ``stats``
-        selects the periodic :class:`Stats` snapshots.
+            async with sup.open_subscription() as events:
+                async for event in events: ...
+
+        The subscription starts on entry and ends on exit, so it cannot leak. ``buffer``
+        bounds this subscriber's queue (default ``event_buffer``); when it is full the oldest
+        events are dropped and a :class:`Lagged` marker says how many. ``stats`` selects the
+        periodic :class:`Stats` snapshots. Iteration ends when the supervisor shuts down.
         """
-        return self._bus.subscribe(buffer=buffer, stats=stats)
+        return self._bus.open_subscription(buffer=buffer, stats=stats)
+
+    def subscribe(
+        self, *, buffer: int | None = None, stats: bool = True
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Deprecated alias of :meth:`open_subscription` (also only an ``async with``)."""
+        warnings.warn(
+            "Supervisor.subscribe() is deprecated; use `async with sup.open_subscription()`",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._bus.open_subscription(buffer=buffer, stats=stats)
 
     def publish(self, event: Event) -> None:
         """Publish an event to every subscriber (used by the library's own components)."""
@@ -460,6 +478,15 @@ class Supervisor:
             self.add_endpoint(endpoint)
         self.start_task("stats", self._stats_loop)
 
+    async def _close_sessions(self) -> None:
+        """Close every endpoint's HTTP clients, all at once and within one bounded wait, even
+        while the supervisor is being cancelled."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + _CLOSE_SESSIONS_TIMEOUT
+            async with trio.open_nursery() as closers:
+                for runtime in self._runtimes.values():
+                    closers.start_soon(runtime.endpoint.session.aclose)
+
     def _shutdown(self) -> None:
         self._closed = True
         for runtime in self._runtimes.values():
@@ -498,9 +525,7 @@ async def open_supervisor(config: SupervisorConfig) -> AsyncIterator[Supervisor]
             finally:
                 sup._shutdown()
                 nursery.cancel_scope.cancel()
-                with trio.CancelScope(shield=True):
-                    for runtime in list(sup._runtimes.values()):
-                        await runtime.endpoint.session.aclose()
+                await sup._close_sessions()
     except BaseExceptionGroup as group:
         leaf = _single_leaf(group)
         if leaf is None:

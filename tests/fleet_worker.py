@@ -76,7 +76,7 @@ async def run(args: argparse.Namespace) -> None:
                 states={name: sup.breaker(name).state.value for name in sup.endpoint_names},
                 provider_requests=mock.statistics().requests,
             )
-            async with sup.subscribe(stats=False) as events:
+            async with sup.open_subscription(stats=False) as events:
                 nursery.start_soon(_print_transitions, events)
                 await wait_for_stdin_eof()
             nursery.cancel_scope.cancel()

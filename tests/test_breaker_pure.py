@@ -20,9 +20,12 @@ def test_pure_state_machine_with_injected_clock() -> None:
     h = rk.BreakerHandle(
         "ep", rk.BreakerConfig(failure_threshold=1, open_duration=5), clock=lambda: now[0]
     )
-    h.record_failure()
+    h.record_failure(h.check())
     assert h.state is S.OPEN
     assert h.next_deadline() == 5.0
     now[0] = 5.0
+    assert h.state is S.HALF_OPEN  # due: a read shows it, without applying it
+    assert h.next_deadline() == 5.0
     h.poll()
     assert h.state is S.HALF_OPEN
+    assert h.next_deadline() == float("inf")  # applied: no timer until a probe is admitted

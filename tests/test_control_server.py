@@ -165,7 +165,7 @@ async def test_force_open_reaches_every_subscriber() -> None:
             peer(srv.url) as viewer,
         ):
             assert (await viewer.hello(token=None))["role"] == "viewer"
-            async with sup.subscribe(stats=False) as local:
+            async with sup.open_subscription(stats=False) as local:
                 await op.send(
                     {
                         "type": "force_open",

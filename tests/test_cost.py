@@ -140,7 +140,7 @@ async def test_reject_budget_on_real_calls_and_deployment_fallback(mock: MockPro
         deployments=[rk.DeploymentConfig(name="chat", endpoints=["cheap", "backup"])],
     )
     with trio.fail_after(10):
-        async with rk.open_supervisor(cfg) as sup, sup.subscribe(stats=False) as events:
+        async with rk.open_supervisor(cfg) as sup, sup.open_subscription(stats=False) as events:
             ep = sup.endpoint("cheap")
             await ep.complete(HI)
             async with ep.stream(HI) as chunks:

@@ -343,7 +343,7 @@ async def test_deadline_spent_in_the_queue(mock_clock: trio.testing.MockClock) -
         with trio.fail_after(3):
             b = await engine.submit(req("b"))  # the caller's deadline is the request's
         async with b:
-            with pytest.raises(rk.Timeout) as info:
+            with pytest.raises(rk.DeadlineExceeded) as info:  # a local limit
                 await b.receive()
         assert info.value.phase == "deadline"
         assert trio.current_time() == pytest.approx(3.0)
@@ -359,7 +359,7 @@ async def test_deadline_during_the_call_cancels_it(mock_clock: trio.testing.Mock
         with trio.fail_after(2):
             sub = await engine.submit(req("a"))
         async with sub:
-            with pytest.raises(rk.Timeout):
+            with pytest.raises(rk.DeadlineExceeded):
                 await sub.receive()
         assert fake.ended == {"a": "Cancelled"}
         assert trio.current_time() == pytest.approx(2.0)
@@ -451,7 +451,9 @@ async def test_submit_validates_priority() -> None:
             await engine.submit(req("a"), priority=1)  # type: ignore[arg-type]
 
 
-async def test_a_dropped_handle_frees_its_worker(mock_clock: trio.testing.MockClock) -> None:
+async def test_a_dropped_handle_warns_and_changes_nothing(
+    mock_clock: trio.testing.MockClock,
+) -> None:
     import gc
 
     fake = FakeEndpoint(hold=0.0)
@@ -461,13 +463,14 @@ async def test_a_dropped_handle_frees_its_worker(mock_clock: trio.testing.MockCl
         running_one = await engine.submit(req("running"))
         queued = await engine.submit(req("queued"))
         await trio.testing.wait_all_tasks_blocked()  # "running" fills its buffer and waits
-        del running_one, queued  # never read, never closed
-        gc.collect()
+        with pytest.warns(ResourceWarning, match="without being closed"):
+            del running_one, queued  # never read, never closed
+            gc.collect()
         await trio.testing.wait_all_tasks_blocked()
+        # A finaliser may run anywhere (another thread, after the run): it only warns.
         stats = engine.statistics()
-        assert (stats.busy_workers, stats.queue_depth) == (0, 0)
-        assert await drain(await engine.submit(req("next"))) == "abcdefgh"
-    assert fake.started == ["running", "next"]  # the dropped queued request never ran
+        assert (stats.busy_workers, stats.queue_depth) == (1, 1)
+    assert fake.started == ["running"]  # closing the engine ended both
     assert fake.ended["running"] in ("Cancelled", "BrokenResourceError")
     assert meter.requests["cancelled"] == 1
 

@@ -260,7 +260,7 @@ class FakeHost:
     def figures(self) -> dict[str, dict[str, Any]]:
         return {}
 
-    def subscribe(self) -> None:
+    def open_subscription(self) -> None:
         return None
 
     def publish(self, event: rk.Event) -> None:
@@ -321,7 +321,7 @@ async def test_a_live_reset_force_closes_but_a_stale_tombstone_leaves_a_tripped_
     host = FakeHost("primary", "backup")
     link = link_for(host)
     tripped = host.handles["backup"]
-    tripped.record_failure(rk.ServerError("boom", status=503))
+    tripped.record_failure(tripped.check(), rk.ServerError("boom", status=503))
     assert tripped.state is rk.BreakerState.OPEN
     # At start-up a node reads a reset kept from an earlier incident: its own breakers have
     # tripped on their own evidence, which that old reset must not erase.

@@ -260,7 +260,7 @@ async def test_no_secret_reaches_redis_records_logs_or_events(
     with trio.fail_after(20):
         async with nodes([node_config(url, name, "n0", ["a"])]) as (sup,):
             sup.fleet.set_control_url("ws://op:token-123456@127.0.0.1:8765/?token=abc")
-            async with sup.subscribe(stats=False) as events:
+            async with sup.open_subscription(stats=False) as events:
                 await registered(sup.fleet, 1)
                 await trio.sleep(0.6)
                 view = await sup.fleet.view()

@@ -264,7 +264,9 @@ async def test_concurrency_permits_are_leases(mock_clock: trio.testing.MockClock
         await h.acquire()  # rate-only admissions take no permit
 
 
-async def test_a_dead_holder_cannot_leak_its_permit(mock_clock: trio.testing.MockClock) -> None:
+async def test_a_dead_holder_returns_its_permit_a_dropped_one_warns(
+    mock_clock: trio.testing.MockClock,
+) -> None:
     async with limiter(max_concurrent=1) as h:
 
         async def holder() -> None:
@@ -277,11 +279,11 @@ async def test_a_dead_holder_cannot_leak_its_permit(mock_clock: trio.testing.Moc
 
         leaked = await h.reserve()
         assert h.statistics().in_flight == 1
-        del leaked  # dropped without release (a bug in the caller)
-        gc.collect()
-        assert h.statistics().in_flight == 0
-        with trio.fail_after(1):
-            (await h.reserve()).release()
+        with pytest.warns(ResourceWarning, match="without release"):
+            del leaked  # dropped without release (a bug in the caller)
+            gc.collect()
+        # A finaliser may run anywhere (another thread, after the run): it only warns.
+        assert h.statistics().in_flight == 1
 
 
 async def test_headers_clamp_and_lower_limits_but_never_raise_them(
@@ -314,7 +316,7 @@ async def test_headers_clamp_and_lower_limits_but_never_raise_them(
 async def test_a_429_pauses_the_whole_key(mock_clock: trio.testing.MockClock) -> None:
     async with supervisor(endpoint(requests_per_minute=1000)) as sup:
         h = sup.limiter("ep")
-        async with sup.subscribe(stats=False) as events:
+        async with sup.open_subscription(stats=False) as events:
             start = trio.current_time()
             until = h.observe_rate_limited(2.0)
             assert until == pytest.approx(start + 2.0)

@@ -293,7 +293,7 @@ async def test_strict_unknown_grants_are_released(redis_server: RedisServer) -> 
 async def test_a_429_pauses_every_node(redis_server: RedisServer) -> None:
     async with nodes(redis_server.url, 2, requests_per_minute=6000) as sups:
         a, b = (s.limiter("ep") for s in sups)
-        async with sups[1].subscribe(stats=False) as events:
+        async with sups[1].open_subscription(stats=False) as events:
             with trio.fail_after(5):
                 await offer(b, 0.2)
                 a.observe_rate_limited(2.0)
@@ -310,7 +310,7 @@ async def test_failure_policies_without_redis(mode: str) -> None:
     with trio.fail_after(10):
         async with nodes(url, 1, redis_failure_policy="fail_closed", **base) as (sup,):
             h = sup.limiter("ep")
-            async with sup.subscribe(stats=False) as events:
+            async with sup.open_subscription(stats=False) as events:
                 with pytest.raises(rk.LimiterUnavailable, match="fail_closed"):
                     while True:  # approximate: refused once the first lease has failed
                         await h.acquire(max_wait=1.0)
@@ -343,7 +343,7 @@ async def test_redis_killed_and_restarted(private_redis: RedisServer) -> None:
         async with (
             nodes(url, 2, **approx) as approx_nodes,
             nodes(url, 1, **strict) as (strict_node,),
-            approx_nodes[0].subscribe(stats=False) as events,
+            approx_nodes[0].open_subscription(stats=False) as events,
         ):
             a, b = (s.limiter("ep") for s in approx_nodes)
             s = strict_node.limiter("ep")

@@ -190,7 +190,7 @@ async def test_stats_events_carry_the_metrics(mock: MockProvider) -> None:
     with trio.fail_after(10):
         async with rk.open_supervisor(config(mock, stats_interval=0.05)) as sup:
             await sup.endpoint("a").complete(HI)
-            async with sup.subscribe() as events:
+            async with sup.open_subscription() as events:
                 async for event in events:
                     if isinstance(event, rk.Stats):
                         break

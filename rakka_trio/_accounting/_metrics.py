@@ -33,6 +33,7 @@ from .._errors import (
     BudgetExceeded,
     CircuitOpen,
     ContentFiltered,
+    DeadlineExceeded,
     NetworkError,
     ProviderError,
     QuotaExhausted,
@@ -78,7 +79,7 @@ def outcome_of(exc: BaseException | None, finish_reason: str | None = None) -> s
         return "429"
     if isinstance(exc, ServerError):
         return "5xx"
-    if isinstance(exc, Timeout):
+    if isinstance(exc, Timeout | DeadlineExceeded):
         return "timeout"
     if isinstance(exc, ContentFiltered):
         return "filtered"

@@ -28,7 +28,7 @@ import httpx
 import trio
 
 from .._accounting import CallRecord, EndpointMeter
-from .._breaker import BreakerHandle
+from .._breaker import BreakerHandle, BreakerPermit
 from .._chunks import StreamChunk
 from .._config import EndpointConfig
 from .._engine import Engine, Priority, SubmitCall, circuit_refusal
@@ -36,6 +36,7 @@ from .._errors import (
     CircuitOpen,
     ConfigError,
     ContentFiltered,
+    DeadlineExceeded,
     RakkaError,
     RateLimited,
     RateLimitExceeded,
@@ -164,6 +165,10 @@ class Endpoint:
         flight finish on the old one."""
         await self._session.rotate(reason="requested")
 
+    def attach_engine(self, engine: Engine) -> None:
+        """Give this endpoint its queued path (:meth:`submit`); done by the supervisor."""
+        self._engine = engine
+
     def __repr__(self) -> str:
         return f"<Endpoint {self.name!r} {self._config.provider} {self._breaker.state.value}>"
 
@@ -261,13 +266,13 @@ class Endpoint:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _total_timeout(self) -> Timeout:
+    def _total_timeout(self) -> DeadlineExceeded:
         total = self._config.timeouts.total
-        return Timeout(
+        return DeadlineExceeded(  # our own limit; a fresh attempt (or endpoint) has a new one
             f"call exceeded its total timeout of {total:g}s",
             phase="total",
-            provider=self._config.provider,
             endpoint=self.name,
+            retryable=True,
         )
 
     async def _with_retries(
@@ -356,7 +361,7 @@ class Endpoint:
         refused = circuit_refusal(self._breaker)
         if refused is not None:
             raise refused  # fail fast, before waiting for anything
-        token: int | None = None
+        permit: BreakerPermit | None = None
         stack = AsyncExitStack()
         reservation: Reservation | None = None
         try:
@@ -368,7 +373,7 @@ class Endpoint:
                     await self._reserve(request, model, move_on)
                 )
             # The breaker permit (in HALF_OPEN: a probe) only once nothing is left to wait for.
-            token = self._breaker_admit()
+            permit = self._breaker_admit()
             client, generation = await stack.enter_async_context(self._session.lease())
             provider = get_provider(cfg.provider)
             call = provider.build_request(
@@ -423,11 +428,11 @@ class Endpoint:
                 # usage of a blocked prompt), then raise it.
                 deferred, eof = exc, True
             return ChunkStream(
-                self, token, stack, events, adapter, pending, eof, attempts, reservation, deferred
+                self, permit, stack, events, adapter, pending, eof, attempts, reservation, deferred
             )
         except BaseException as exc:
-            if token is not None:
-                self._breaker_finish(token, exc)
+            if permit is not None:
+                self._breaker_finish(permit, exc)
             await close_resources(stack)
             raise
 
@@ -449,18 +454,21 @@ class Endpoint:
 
     # --- the breaker (every permit taken and returned here) -------------------------------
 
-    def _breaker_admit(self) -> int:
+    def _breaker_admit(self) -> BreakerPermit:
         """Take the breaker's permit for one attempt (raises :class:`CircuitOpen`)."""
-        return self._breaker._acquire()
+        return self._breaker.check()
 
-    def _breaker_finish(self, token: int, exc: BaseException | None) -> None:
+    def _breaker_finish(self, permit: BreakerPermit, exc: BaseException | None) -> None:
         """Report the attempt's outcome (``exc`` None: success; the error decides if it
         counts)."""
-        self._breaker._finish(token, exc, None)
+        if exc is None:
+            self._breaker.record_success(permit)
+        else:
+            self._breaker.record_failure(permit, exc)
 
-    def _breaker_release(self, token: int) -> None:
+    def _breaker_release(self, permit: BreakerPermit) -> None:
         """End the attempt without an outcome (the caller left early)."""
-        self._breaker._release(token)
+        self._breaker.release(permit)
 
     def _observe(self, response: httpx.Response, model: str) -> None:
         """Feed the provider's rate-limit headers to the limiter (adaptive limits)."""

@@ -20,7 +20,7 @@ import trio
 
 from .._config import EndpointConfig
 from .._credentials import Secret
-from .._errors import NetworkError, RakkaError, Timeout
+from .._errors import DeadlineExceeded, NetworkError, RakkaError, Timeout
 from .._providers import get_provider
 
 __all__ = ["Session", "SessionStatistics", "auth_headers", "transport_error"]
@@ -47,7 +47,9 @@ def transport_error(
     if isinstance(exc, httpx.ConnectTimeout):
         return Timeout(f"connect timed out ({name})", phase="connect", **where)
     if isinstance(exc, httpx.PoolTimeout):
-        return Timeout("no pooled connection became free in time", phase="pool", **where)
+        # Our own connection pool is exhausted: a local limit, not the provider's doing.
+        text = "no pooled connection became free in time"
+        return DeadlineExceeded(text, phase="pool", endpoint=endpoint, retryable=True)
     if isinstance(exc, httpx.WriteTimeout):
         return Timeout("sending the request timed out", phase="write", **where)
     if isinstance(exc, httpx.ReadTimeout):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .._breaker import BreakerPermit
 from .._chunks import StreamChunk, Usage
 from .._limits import Reservation
 from .._providers._base import StreamAdapter
@@ -41,7 +42,7 @@ class ChunkStream(trio.abc.ReceiveChannel[StreamChunk]):
     def __init__(
         self,
         endpoint: Endpoint,
-        token: int,
+        permit: BreakerPermit,
         stack: AsyncExitStack,
         events: SSEStream,
         adapter: StreamAdapter,
@@ -53,7 +54,7 @@ class ChunkStream(trio.abc.ReceiveChannel[StreamChunk]):
     ) -> None:
         self._endpoint = endpoint
         self._reservation = reservation
-        self._token = token
+        self._permit = permit
         self._stack = stack
         self._events = events
         self._adapter = adapter
@@ -123,7 +124,7 @@ class ChunkStream(trio.abc.ReceiveChannel[StreamChunk]):
     def _settle(self, exc: BaseException | None) -> None:
         if not self._settled:
             self._settled = True
-            self._endpoint._breaker_finish(self._token, exc)
+            self._endpoint._breaker_finish(self._permit, exc)
 
     async def aclose(self) -> None:
         """Close the stream and its HTTP response; reading afterwards raises
@@ -139,9 +140,9 @@ class ChunkStream(trio.abc.ReceiveChannel[StreamChunk]):
         if not self._settled:
             self._settled = True
             if self._error is not None:  # left before the (final) deferred error was raised
-                self._endpoint._breaker_finish(self._token, self._error)
+                self._endpoint._breaker_finish(self._permit, self._error)
             elif self._eof:  # the provider delivered everything; the caller just stopped reading
-                self._endpoint._breaker_finish(self._token, None)
+                self._endpoint._breaker_finish(self._permit, None)
             else:  # left early: never the endpoint's fault, and the probe permit comes back
-                self._endpoint._breaker_release(self._token)
+                self._endpoint._breaker_release(self._permit)
         await close_resources(self._stack)

@@ -23,7 +23,6 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import MappingProxyType
@@ -36,6 +35,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
 
 from .._credentials import Secret
 from .._errors import RakkaError
+from .._events import DropOldestQueue
 from . import _protocol as proto
 
 __all__ = [
@@ -151,12 +151,11 @@ class ControlClient:
     ) -> None:
         self._ws = ws
         self._welcome = welcome
-        self._buffer = buffer
         self._command_timeout = command_timeout
-        self._frames: deque[proto.ServerFrame | proto.UnknownFrame] = deque()
-        self._dropped = 0
-        self._dropped_total = 0
-        self._lot = trio.lowlevel.ParkingLot()
+        # Frames the application has not read yet; it never blocks the reader task.
+        self._frames: DropOldestQueue[proto.ServerFrame | proto.UnknownFrame] = DropOldestQueue(
+            buffer, _lagged_frame
+        )
         self._pending: dict[Any, _Pending] = {}
         self._ids = itertools.count(1)
         self._closed: CloseInfo | None = None
@@ -186,7 +185,7 @@ class ControlClient:
     @property
     def dropped(self) -> int:
         """Frames this client dropped because the application did not iterate fast enough."""
-        return self._dropped_total
+        return self._frames.dropped
 
     @property
     def pending_commands(self) -> Mapping[Any, str | None]:
@@ -270,26 +269,11 @@ class ControlClient:
         """The next frame (a :class:`~rakka_trio._protocol.LaggedFrame` first if frames were
         dropped). Raises :class:`trio.WouldBlock` if none is waiting and
         :class:`trio.EndOfChannel` once the connection closed and the queue is drained."""
-        if self._dropped:
-            dropped, self._dropped = self._dropped, 0
-            return proto.LaggedFrame(wall=round(time.time(), 3), dropped=dropped)
-        if self._frames:
-            return self._frames.popleft()
-        if self._closed is not None:
-            raise trio.EndOfChannel
-        raise trio.WouldBlock
+        return self._frames.receive_nowait()
 
     async def receive(self) -> proto.ServerFrame | proto.UnknownFrame:
         """Wait for the next frame; :class:`trio.EndOfChannel` after the connection closed."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                frame = self.receive_nowait()
-            except trio.WouldBlock:
-                await self._lot.park()
-                continue
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return frame
+        return await self._frames.receive()
 
     def __aiter__(self) -> ControlClient:
         return self
@@ -309,14 +293,6 @@ class ControlClient:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _push(self, frame: proto.ServerFrame | proto.UnknownFrame) -> None:
-        if len(self._frames) >= self._buffer:
-            self._frames.popleft()
-            self._dropped += 1
-            self._dropped_total += 1
-        self._frames.append(frame)
-        self._lot.unpark_all()
-
     def _route(self, frame: proto.ServerFrame | proto.UnknownFrame) -> None:
         if isinstance(frame, proto.AckFrame | proto.ErrorFrame) and frame.id in self._pending:
             pending = self._pending[frame.id]
@@ -328,7 +304,7 @@ class ControlClient:
                 )
                 pending.done.set()
                 return
-        self._push(frame)
+        self._frames.push(frame)
 
     def _finish(self, info: CloseInfo) -> None:
         if self._closed is None:
@@ -339,7 +315,7 @@ class ControlClient:
                     f"connection ended before the answer: {self._closed.describe()}"
                 )
                 pending.done.set()
-        self._lot.unpark_all()
+        self._frames.close()
 
     async def _read_loop(self) -> None:
         """Route every incoming frame until the connection closes. Never raises an Exception
@@ -359,6 +335,10 @@ class ControlClient:
             with trio.move_on_after(_DISCONNECT_TIMEOUT) as scope:
                 scope.shield = True
                 await self._ws.aclose(1002, "protocol error")
+
+
+def _lagged_frame(dropped: int) -> proto.LaggedFrame:
+    return proto.LaggedFrame(wall=round(time.time(), 3), dropped=dropped)
 
 
 def _describe_close(exc: ConnectionClosed) -> str:

@@ -94,7 +94,7 @@ class Feed:
         try:
             # Subscribe before taking the snapshot, so nothing that happens in between is
             # lost. Stats do not come through here (see broadcast_stats).
-            async with self._sup.subscribe(buffer=self._event_buffer, stats=False) as sub:
+            async with self._sup.open_subscription(buffer=self._event_buffer, stats=False) as sub:
                 await self._serve_subscribed(conn, sub)
         finally:
             self.connections.discard(conn)
@@ -276,7 +276,7 @@ class Feed:
         stats at all) only while some connection is being served."""
         while True:
             await self._clients_present.wait()
-            async with self._sup.subscribe(buffer=8, stats=True) as sub:
+            async with self._sup.open_subscription(buffer=8, stats=True) as sub:
                 while self.connections:
                     try:
                         event = await sub.receive()

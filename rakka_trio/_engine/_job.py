@@ -9,7 +9,7 @@ import trio
 
 from .._chunks import StreamChunk, Usage
 from .._config import EndpointConfig
-from .._errors import RakkaError, Timeout
+from .._errors import DeadlineExceeded, RakkaError
 from .._request import ChatRequest
 from ._types import DONE, QUEUED, WAITING
 
@@ -96,10 +96,5 @@ def deadline_after(timeout: float | None) -> float:
     return deadline
 
 
-def deadline_error(config: EndpointConfig) -> Timeout:
-    return Timeout(
-        "the request's deadline passed",
-        phase="deadline",
-        provider=config.provider,
-        endpoint=config.name,
-    )
+def deadline_error(config: EndpointConfig) -> DeadlineExceeded:
+    return DeadlineExceeded("the request's deadline passed", phase="deadline", endpoint=config.name)

@@ -80,10 +80,10 @@ def circuit_refusal(breaker: BreakerHandle) -> CircuitOpen | None:
         )
     # Open or forced open: the breaker's own refusal (its retry_at drives recovery waits).
     try:
-        token = breaker._acquire()
+        permit = breaker.check()
     except CircuitOpen as exc:
         return exc
-    breaker._release(token)  # its open time ended in between: a call may probe
+    breaker.release(permit)  # its open time ended in between: a call may probe
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,12 +19,12 @@ from .._errors import (
     BudgetExceeded,
     CircuitOpen,
     ContextLengthExceeded,
+    DeadlineExceeded,
     LimiterUnavailable,
     ProviderError,
     QuotaExhausted,
     RakkaError,
     RateLimitExceeded,
-    Timeout,
     UnknownEndpoint,
 )
 from .._request import ChatRequest, Completion
@@ -56,8 +57,8 @@ def _falls_back(exc: BaseException, engine: Engine, request: ChatRequest) -> boo
         return True
     if not request.idempotent:
         return False
-    if isinstance(exc, Timeout) and exc.phase == "deadline":
-        return False  # the request's own time is up: no endpoint can help
+    if isinstance(exc, DeadlineExceeded):
+        return exc.retryable  # not when the request's own time is up: no endpoint can help
     if capacity_error(exc):
         return True  # no capacity on that server (even if it says not to retry *there*)
     # The endpoint's retries are exhausted (or it was not worth retrying there), or its
@@ -278,15 +279,17 @@ class Submission(trio.abc.ReceiveChannel[StreamChunk]):
     ) -> None:
         await self.aclose()
 
-    def __del__(self) -> None:
-        # A handle dropped without closing must not hold a worker forever on a full channel.
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # Only warn: a finaliser runs wherever the garbage collector does (another thread,
+        # after the run), where touching the queue, a channel or a cancel scope is unsafe.
         job = getattr(self, "_job", None)
-        if job is not None and not self._closed and job.state != DONE:
-            # Only flag it: a finaliser may run anywhere (even after the run), so the queue is
-            # left alone and a worker that picks the job up drops it.
-            job.abandoned = True
-            job.receive.close()
-            job.scope.cancel()
+        if job is not None and not getattr(self, "_closed", True) and job.state != DONE:
+            _warn(
+                f"{self!r} was garbage-collected without being closed: its request still holds "
+                "its place or worker until it ends (use `async with`)",
+                ResourceWarning,
+                source=self,
+            )
 
     def __repr__(self) -> str:
         state = self._outcome.status if self._outcome is not None else "open"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -40,8 +41,9 @@ class FleetHost(Protocol):
         """Per endpoint, the JSON-ready figures to publish (see :func:`endpoint_figures`)."""
         ...
 
-    def subscribe(self) -> Subscription | None:
-        """A subscription to this node's events (transitions, commands), or ``None``."""
+    def open_subscription(self) -> AbstractAsyncContextManager[Subscription] | None:
+        """A subscription to this node's events (transitions, commands) for an ``async with``
+        block, or ``None`` when the node has no events."""
         ...
 
     def publish(self, event: Event) -> None:
@@ -105,9 +107,9 @@ class SupervisorHost:
             for name, stats in snapshot.endpoints.items()
         }
 
-    def subscribe(self) -> Subscription | None:
+    def open_subscription(self) -> AbstractAsyncContextManager[Subscription] | None:
         """Transitions and commands (no periodic stats: the link reads those itself)."""
-        return self._sup.subscribe(stats=False)
+        return self._sup.open_subscription(stats=False)
 
     def publish(self, event: Event) -> None:
         """Publish on the supervisor's bus."""

@@ -33,7 +33,7 @@ from coredis.tokens import PureToken
 
 from .._breaker import BreakerHandle
 from .._config import FleetConfig
-from .._events import Command, Event, Lagged, Subscription, Transition
+from .._events import Command, Event, Lagged, Transition
 from .._version import __version__
 from ._host import FleetHost, RollingRates
 from ._operator import AckWaiter
@@ -127,7 +127,6 @@ class FleetLink:
         self.last_view: FleetView | None = None
         self._started = time.time()
         self._hostname = socket.gethostname()
-        self._subscription: Subscription | None = host.subscribe() if host else None
         self.control_url: str | None = None
 
     # --- state -----------------------------------------------------------------------------
@@ -356,8 +355,8 @@ class FleetLink:
         """Stay connected to the fleet until cancelled (a supervised task); leave on exit."""
         try:
             async with trio.open_nursery() as nursery:
-                if self._subscription is not None:
-                    nursery.start_soon(self._gather_events, self._subscription)
+                if self._host is not None:
+                    nursery.start_soon(self._gather_events, self._host)
                 delay = RETRY_MIN
                 while True:
                     started = trio.current_time()
@@ -500,20 +499,23 @@ class FleetLink:
             overrides={name: o.id for name, o in self._known.items()},
         )
 
-    async def _gather_events(self, subscription: Subscription) -> None:
-        """Keep this node's transitions and node-scope commands for the audit stream. (The
-        subscription outlives a restart of this task; the supervisor closes it.)"""
-        async for event in subscription:
-            if isinstance(event, Lagged):
-                self._events_dropped += event.dropped
-                continue
-            fields = self._stream_fields(event)
-            if fields is None:
-                continue
-            if len(self._events) >= PENDING_EVENTS:
-                self._events.popleft()
-                self._events_dropped += 1
-            self._events.append(fields)
+    async def _gather_events(self, host: FleetHost) -> None:
+        """Keep this node's transitions and node-scope commands for the audit stream."""
+        opened = host.open_subscription()
+        if opened is None:
+            return
+        async with opened as subscription:
+            async for event in subscription:
+                if isinstance(event, Lagged):
+                    self._events_dropped += event.dropped
+                    continue
+                fields = self._stream_fields(event)
+                if fields is None:
+                    continue
+                if len(self._events) >= PENDING_EVENTS:
+                    self._events.popleft()
+                    self._events_dropped += 1
+                self._events.append(fields)
 
     def _stream_fields(self, event: Event) -> dict[str, str] | None:
         base = {"node": self.node_id, "at": repr(event.wall)}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
+import warnings
+from collections.abc import Callable
 from types import TracebackType
 
 from ._cost import Cost, UsageLike
@@ -22,7 +23,8 @@ class Reservation:
     later calls do nothing. :meth:`release` returns the concurrency permit (settling at the
     estimate if nothing was settled). As a context manager it releases on exit, and an exit by
     exception (cancellation included) before :meth:`mark_sent` refunds. A reservation dropped
-    without release returns its permit when garbage-collected, so permits cannot leak.
+    without release keeps its permit (the garbage collector only warns, with a
+    :class:`ResourceWarning`): use it as a context manager.
     """
 
     __slots__ = ("__weakref__", "_key", "_permit", "_released", "_sent", "_state", "cost")
@@ -124,15 +126,16 @@ class Reservation:
     ) -> None:
         self._exit(exc)
 
-    def __del__(self) -> None:
-        # The holder died without releasing: give the permit back rather than leak it. This
-        # may run at any time the garbage collector does, even after the Trio run ended.
-        if not self._released:
-            self._released = True
-            self._key.reserved -= 1
-            if self._permit:
-                with contextlib.suppress(Exception):  # outside a run nothing can be woken
-                    self._key.release_permit()
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # Only warn: a finaliser runs wherever the garbage collector does (another thread,
+        # after the run), where waking the limiter's waiters is unsafe.
+        if getattr(self, "_permit", False) and not getattr(self, "_released", True):
+            _warn(
+                f"{self!r} was garbage-collected without release(): its concurrency permit "
+                "is lost (use `async with`)",
+                ResourceWarning,
+                source=self,
+            )
 
     def __repr__(self) -> str:
         state = ("open", "settled", "refunded")[self._state]

@@ -76,7 +76,7 @@ async def test_redis_restart_mid_run_keeps_serving_and_reconverges(
     tally: Counter[str] = Counter()
     phases: list[int] = []
     with trio.fail_after(30):
-        async with rk.open_supervisor(cfg) as sup, sup.subscribe(stats=False) as events:
+        async with rk.open_supervisor(cfg) as sup, sup.open_subscription(stats=False) as events:
             start = trio.current_time()
             async with trio.open_nursery() as nursery:
                 for _ in range(4):
