@@ -484,6 +484,9 @@ def _print_report(console: Console, report: DemoReport, stats: SupervisorStatist
         console.print(f"fallbacks from one endpoint to the next: {moves}")
     total = report.served + report.failed
     failed = f" ({report.failed / total:.1%})" if total else ""
+    if report.failures:
+        causes = sorted(report.failures.items(), key=lambda kv: (-kv[1], kv[0]))
+        failed += " [" + ", ".join(f"{name} x{count}" for name, count in causes) + "]"
     console.print(
         f"user requests: {total}: served {report.served}, failed {report.failed}{failed}; "
         f"breaker trips: {report.trips}, recoveries: {report.recoveries}; "
