@@ -302,7 +302,7 @@ def test_main_screen_snapshot_content() -> None:
     # The selected endpoint's breakdown by cause, and the deployment panel.
     assert "openai-primary  15.3 req/s  errors 0%  trips 0  ▅▅▅▆▆▆▇▇███▅" in screen
     assert "attempts/s ok 15.2  429 0.3  retries/s 0.3  p50/p95/p99 210ms/840ms/1.62s" in screen
-    assert "TPM 97% of 40000/min (lowered by the provider from 2000000)" in screen
+    assert "TPM 97% of 40000/min (provider-lowered from 2000000)" in screen
     assert "deployment chat  serving 1/2  success 99%  15.3 req/s" in screen
     assert "fallbacks anthropic-backup→openai-primary CircuitOpen 3.1/s (96)" in screen
     assert "08:53:21.500  anthropic-backup  closed → open  (failure_threshold)" in screen

@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 SPARK_BARS: Final = "▁▂▃▄▅▆▇█"
+TREND_BUCKETS: Final = 12  # buckets drawn by `state` (2 minutes with 10 s buckets)
 ASCII_BARS: Final = " .:-=+*#"
 _LIMIT_TITLES: Final = {
     "rpm": "RPM",
@@ -106,7 +107,8 @@ def attempt_rates(rates: dict[str, float]) -> str:
 
 
 def limits_text(limiter: proto.LimiterState) -> str:
-    """Every limit: ``RPM 42% of 60000/min, TPM 98% of 1000/min (lowered from 60000)``,
+    """Every limit: ``RPM 42% of 60000/min, TPM 98% of 1000/min (provider-lowered from
+    60000)``,
     then ``paused 2.0s`` or ``N waiting``."""
     parts = []
     for lim in limiter.limits:
@@ -114,7 +116,7 @@ def limits_text(limiter: proto.LimiterState) -> str:
         unit = "" if lim.name == "concurrency" else "/min"
         text = f"{title} {_percent(lim.used)} of {lim.limit}{unit}"
         if lim.limit < lim.configured:
-            text += f" (lowered by the provider from {lim.configured})"
+            text += f" (provider-lowered from {lim.configured})"
         parts.append(text)
     if limiter.paused_for is not None:
         parts.append(f"paused {limiter.paused_for:.1f}s (429)")
@@ -180,7 +182,7 @@ def recent_lines(snapshot: proto.Snapshot, safe: Callable[[str], str], bars: str
                 attempt_rates(recent.attempts),
                 rate(recent.retries),
                 limits_text(ep.limiter) if ep.limiter is not None else "-",
-                sparkline(recent.requests_series, bars=bars),
+                sparkline(recent.requests_series, TREND_BUCKETS, bars=bars),
             )
         )
     title = f"{_window(ep.recent.window for ep in active if ep.recent)}, per endpoint:"
@@ -206,7 +208,7 @@ def deployment_lines(snapshot: proto.Snapshot, safe: Callable[[str], str], bars:
                 rate(sum(dep.requests.values())),
                 _percent(dep.success_rate),
                 moves,
-                sparkline(dep.requests_series, bars=bars),
+                sparkline(dep.requests_series, TREND_BUCKETS, bars=bars),
             )
         )
     title = f"{_window(d.window for d in deployments)}, per deployment:"

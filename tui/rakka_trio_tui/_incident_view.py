@@ -111,7 +111,7 @@ def _limits_text(limiter: proto.LimiterState) -> str:
         unit = "" if lim.name == "concurrency" else "/min"
         text = f"{title} {format_percent(lim.used)} of {lim.limit}{unit}"
         if lim.limit < lim.configured:
-            text += f" (lowered by the provider from {lim.configured})"
+            text += f" (provider-lowered from {lim.configured})"
         parts.append(text)
     if limiter.waiting:
         parts.append(f"{limiter.waiting} waiting")
