@@ -54,7 +54,7 @@ def _ep(endpoints: list[proto.EndpointState], name: str) -> proto.EndpointState:
 
 def _storm_visible(frame: proto.StatsFrame) -> bool:
     primary = _ep(frame.endpoints, "primary")
-    chat = (frame.deployments or [None])[0]
+    chat = frame.deployments[0] if frame.deployments else None
     return (
         primary.trips >= 1
         and primary.recent is not None

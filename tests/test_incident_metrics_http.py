@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ HI = rk.ChatRequest(messages=[{"role": "user", "content": "hi"}])
 
 @asynccontextmanager
 async def serving(
-    **server_kw: object,
+    **server_kw: Any,
 ) -> AsyncIterator[tuple[rk.Supervisor, rk.ControlServer, MockProvider]]:
     """A supervisor with traffic behind it and its control server; yields the /metrics URL."""
     mock = MockProvider(reply="fine", chunks=2)

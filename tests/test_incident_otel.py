@@ -62,7 +62,7 @@ def points(reader: InMemoryMetricReader, name: str) -> dict[frozenset[tuple[str,
             for metric in scope.metrics:
                 if metric.name == name:
                     for point in metric.data.data_points:
-                        found[frozenset(point.attributes.items())] = point
+                        found[frozenset((point.attributes or {}).items())] = point
     return found
 
 
