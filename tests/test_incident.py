@@ -17,7 +17,8 @@ from rakka_trio._accounting import (
     PriceTable,
 )
 from rakka_trio._control import _protocol as proto
-from rakka_trio._control._incident_text import limiter_cell
+from rakka_trio._control._incident import recent_state
+from rakka_trio._control._incident_text import limiter_cell, sparkline
 from rakka_trio._history import HISTORY_SIZE
 from rakka_trio_tui._incident_view import limit_piece
 
@@ -76,6 +77,11 @@ async def test_endpoint_rates_by_outcome_over_the_last_window(
     assert recent.requests["ok"] == pytest.approx(1.0)
     assert recent.error_rate == pytest.approx(0.5)
     assert recent.errors_series[-1] == 10 and recent.requests_series[-1] == 10
+    # On the wire: leading empty buckets left out, both series ending on the same bucket.
+    wire = recent_state(m.snapshot())
+    assert wire is not None
+    assert wire.requests_series == [20, 10] and wire.errors_series == [0, 10]
+    assert sparkline(wire.requests_series, 4) == "▁▁█▅"
 
     # Five minutes of silence: nothing left to show.
     await trio.sleep(301.0)

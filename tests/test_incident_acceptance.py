@@ -105,7 +105,7 @@ async def test_a_503_storm_on_primary_shows_everywhere(
                     assert primary.recent is not None and primary.trips >= 1
                     assert primary.recent.attempts["5xx"] > 0
                     assert sum(primary.recent.requests_series) > 0  # the sparkline's data
-                    assert len(primary.recent.requests_series) == 30
+                    assert 0 < len(primary.recent.requests_series) <= 30
                     chat = (frame.deployments or [])[0]
                     assert chat.name == "chat" and chat.endpoints == ["primary", "backup"]
                     assert chat.success_rate is not None and chat.success_rate > 0.9
@@ -117,7 +117,7 @@ async def test_a_503_storm_on_primary_shows_everywhere(
                     snap = json.loads(out)
                     by_name = {e["name"]: e for e in snap["endpoints"]}
                     assert by_name["primary"]["recent"]["attempts"]["5xx"] > 0
-                    assert len(by_name["primary"]["recent"]["requests_series"]) == 30
+                    assert 0 < len(by_name["primary"]["recent"]["requests_series"]) <= 30
                     dep = snap["deployments"][0]
                     assert dep["success_rate"] > 0.9
                     assert any(

@@ -27,12 +27,14 @@ if TYPE_CHECKING:
 __all__ = ["Telemetry", "TelemetrySwitch", "instrument_opentelemetry"]
 
 _SCOPE = "rakka_trio"
+_MAX_LABEL_SETS = 4096
 
 
 class Telemetry:
     """The tracer and instruments of one set of providers (internal)."""
 
     __slots__ = (
+        "_labels",
         "_status",
         "_tracer",
         "attempts",
@@ -48,6 +50,9 @@ class Telemetry:
 
         self._tracer = trace.get_tracer(_SCOPE, __version__, tracer_provider=tracer_provider)
         self._status = trace.Status, trace.StatusCode
+        # Attribute sets reused for every call (they depend on a few labels only; keys of
+        # different lengths never collide). Cleared if request models make it grow too much.
+        self._labels: dict[tuple[str, ...], dict[str, str]] = {}
         meter = metrics.get_meter(_SCOPE, __version__, meter_provider=meter_provider)
         self.requests = meter.create_counter(
             "rakka.requests", unit="{request}", description="Requests by final outcome."
@@ -85,9 +90,16 @@ class Telemetry:
         name = f"chat {model}" if model else "chat"
         return self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
 
+    def _outcome_labels(self, endpoint: str, outcome: str) -> dict[str, str]:
+        key = ("outcome", endpoint, outcome)
+        labels = self._labels.get(key)
+        if labels is None:
+            labels = self._labels[key] = {"rakka.endpoint": endpoint, "rakka.outcome": outcome}
+        return labels
+
     def attempt_failed(self, span: Any, endpoint: str, outcome: str, exc: BaseException) -> None:
         """A try of the call failed (the call may try again or move on)."""
-        self.attempts.add(1, {"rakka.endpoint": endpoint, "rakka.outcome": outcome})
+        self.attempts.add(1, self._outcome_labels(endpoint, outcome))
         if span.is_recording():
             span.add_event(
                 "rakka.attempt_failed",
@@ -109,17 +121,25 @@ class Telemetry:
         served: bool,
     ) -> None:
         """The call ended with ``outcome``; ``served`` when its try counted as an attempt."""
-        labels = {"rakka.endpoint": endpoint, "rakka.outcome": outcome}
+        labels = self._outcome_labels(endpoint, outcome)
         self.requests.add(1, labels)
         if served:
             self.attempts.add(1, labels)
-        common: dict[str, str] = {"gen_ai.operation.name": "chat", "gen_ai.system": provider}
-        if model:
-            common["gen_ai.request.model"] = model
         failed = outcome not in ("ok", "filtered", "cancelled")
         error_type = type(exc).__name__ if failed and exc is not None else None
-        measured = dict(common, **({"error.type": error_type} if error_type else {}))
+        key = ("call", provider, model or "", error_type or "")
+        measured = self._labels.get(key)
+        if measured is None:
+            if len(self._labels) > _MAX_LABEL_SETS:
+                self._labels.clear()
+            measured = {"gen_ai.operation.name": "chat", "gen_ai.system": provider}
+            if model:
+                measured["gen_ai.request.model"] = model
+            if error_type:
+                measured["error.type"] = error_type
+            self._labels[key] = measured
         self.duration.record(seconds, measured)
+        common = {k: v for k, v in measured.items() if k != "error.type"} if usage else {}
         if usage is not None:
             self.tokens.record(usage.input_tokens, dict(common, **{"gen_ai.token.type": "input"}))
             self.tokens.record(usage.output_tokens, dict(common, **{"gen_ai.token.type": "output"}))
@@ -137,7 +157,11 @@ class Telemetry:
 
     def retried(self, endpoint: str) -> None:
         """A call tries again on the same endpoint."""
-        self.retries.add(1, {"rakka.endpoint": endpoint})
+        key = ("retry", endpoint)
+        labels = self._labels.get(key)
+        if labels is None:
+            labels = self._labels[key] = {"rakka.endpoint": endpoint}
+        self.retries.add(1, labels)
 
     def fallback(self, deployment: str, left: str, to: str, cause: str) -> None:
         """A deployment request moved from ``left`` to ``to`` because of ``cause``."""

@@ -149,8 +149,8 @@ class EndpointRecent:
     def snapshot(self, now: float) -> RecentActivity:
         """The activity at Trio time ``now``."""
         requests = self.requests.statistics(now)
-        attempts = self.attempts.statistics(now)
-        retries = self.retries.statistics(now)
+        attempts = self.attempts.statistics(now, series=False)
+        retries = self.retries.statistics(now, series=False)
         return RecentActivity(
             window=requests.window,
             bucket_seconds=requests.bucket_seconds,
@@ -219,7 +219,7 @@ class DeploymentRecent:
     def snapshot(self, now: float) -> DeploymentActivity:
         """The activity at Trio time ``now``."""
         requests = self.requests.statistics(now)
-        moves = self.fallbacks.statistics(now)
+        moves = self.fallbacks.statistics(now, series=False)
         success = requests.share(SUCCESS_OUTCOMES, of_excluding=UNCOUNTED_OUTCOMES)
         return DeploymentActivity(
             window=requests.window,

@@ -176,8 +176,11 @@ class RollingWindow:
         """True when no event happened in the ``span`` seconds before ``now``."""
         return int(now // self._bucket) - self._last >= self._n
 
-    def statistics(self, now: float, *, window: float | None = None) -> RollingStatistics:
-        """A snapshot at ``now``; rates over the last ``window`` seconds (default one bucket)."""
+    def statistics(
+        self, now: float, *, window: float | None = None, series: bool = True
+    ) -> RollingStatistics:
+        """A snapshot at ``now``; rates over the last ``window`` seconds (default one bucket).
+        ``series=False`` skips the per-bucket series (rates only: cheaper)."""
         bucket = self._bucket
         window = bucket if window is None else max(bucket, min(window, self.span - bucket))
         if self.idle(now) or self._counts is None or self._samples is None:
@@ -212,20 +215,20 @@ class RollingWindow:
         effective = max(seen, 1.0) if seen < window else window
         # One pass over the ring, oldest bucket first: each count lands in its label's series.
         rows: dict[str, list[int]] = {}
-        for k in range(n):
+        for k in range(n if series else 0):
             for label, c in ring[(current - n + 1 + k) % n].items():
                 row = rows.get(label)
                 if row is None:
                     row = rows[label] = [0] * n
                 row[k] = c
-        series = {label: tuple(rows[label]) for label in sorted(rows)}
+        per_label = {label: tuple(rows[label]) for label in sorted(rows)}
         samples = sorted(samples_ring[current % n] + samples_ring[(current - 1) % n])
         return RollingStatistics(
             window=window,
             bucket_seconds=bucket,
             rates=MappingProxyType({k: v / effective for k, v in counts.items()}),
             counts=MappingProxyType(counts),
-            series=MappingProxyType(series),
+            series=MappingProxyType(per_label) if series else _EMPTY_SERIES,
             latency_p50=_quantile(samples, 0.50),
             latency_p95=_quantile(samples, 0.95),
             latency_p99=_quantile(samples, 0.99),

@@ -13,7 +13,7 @@ what is not reported is ``null``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -38,7 +38,9 @@ class RecentState:
     the last ``window`` seconds (only outcomes that happened), ``retries`` per second,
     ``error_rate`` (0..1, cancelled requests left out; null while idle), the latency
     percentiles of recent completed calls (seconds), and per-bucket counts of
-    ``bucket`` seconds, oldest first (``requests_series``, ``errors_series``)."""
+    ``bucket`` seconds, oldest first, the last one in progress (``requests_series``,
+    ``errors_series``). Leading empty buckets are left out of both (they end on the same
+    bucket) and ``errors_series`` is ``[]`` when no bucket had an error."""
 
     window: float
     bucket: float
@@ -126,8 +128,15 @@ def _rates(rates: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def _series(series: Iterable[int]) -> list[int]:
-    return [int(c) for c in series]
+def _series(requests: Sequence[int], errors: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Both series without their leading empty buckets (they stay aligned on the bucket in
+    progress); the errors are ``[]`` when no bucket had one."""
+    start = next((i for i, c in enumerate(requests) if c), len(requests))
+    if start == len(requests) and requests:
+        start = len(requests) - 1  # keep the bucket in progress: the series says "now: 0"
+    kept = [int(c) for c in requests[start:]]
+    failed = [int(c) for c in errors[start:]] if any(errors) else []
+    return kept, failed
 
 
 def recent_state(metrics: Any) -> RecentState | None:
@@ -136,6 +145,7 @@ def recent_state(metrics: Any) -> RecentState | None:
     recent = getattr(metrics, "recent", None)
     if recent is None or (not recent.requests_series and not recent.attempts):
         return None
+    requests_series, errors_series = _series(recent.requests_series, recent.errors_series)
     return RecentState(
         window=_num(recent.window) or 0.0,
         bucket=_num(recent.bucket_seconds) or 0.0,
@@ -146,8 +156,8 @@ def recent_state(metrics: Any) -> RecentState | None:
         p50=_num(recent.latency_p50, 4),
         p95=_num(recent.latency_p95, 4),
         p99=_num(recent.latency_p99, 4),
-        requests_series=_series(recent.requests_series),
-        errors_series=_series(recent.errors_series),
+        requests_series=requests_series,
+        errors_series=errors_series,
     )
 
 
@@ -198,6 +208,11 @@ def deployment_states(statistics: Any) -> list[DeploymentState] | None:
     states = []
     for name, dep in deployments.items():
         recent = dep.recent
+        requests_series, errors_series = (
+            _series(recent.requests_series, recent.errors_series)
+            if recent is not None
+            else ([], [])
+        )
         states.append(
             DeploymentState(
                 name=str(name),
@@ -209,8 +224,8 @@ def deployment_states(statistics: Any) -> list[DeploymentState] | None:
                 requests=_rates(recent.requests) if recent is not None else {},
                 success_rate=_num(recent.success_rate, 4) if recent is not None else None,
                 fallbacks=_fallbacks(dep),
-                requests_series=_series(recent.requests_series) if recent is not None else [],
-                errors_series=_series(recent.errors_series) if recent is not None else [],
+                requests_series=requests_series,
+                errors_series=errors_series,
             )
         )
     return states

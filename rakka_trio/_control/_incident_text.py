@@ -61,9 +61,12 @@ def bars_for(encoding: str | None) -> str:
 
 
 def sparkline(series: Sequence[int], width: int | None = None, *, bars: str = SPARK_BARS) -> str:
-    """One character per bucket (the last ``width`` buckets), scaled to the largest; an
-    empty bucket is the lowest bar, so time keeps its place."""
+    """One character per bucket (the last ``width`` buckets, padded with empty ones on the
+    left when the series is shorter), scaled to the largest; an empty bucket is the lowest
+    bar, so time keeps its place."""
     values = list(series[-width:] if width else series)
+    if width and values and len(values) < width:
+        values = [0] * (width - len(values)) + values
     if not values:
         return ""
     top = max(values)
