@@ -15,7 +15,8 @@ The names come in groups:
 * **retries** — :class:`Retrier` and the retry budget;
 * **rate limits** — :class:`LimiterHandle`, :class:`Cost`, reservations and statistics;
 * **engine** — queued submissions, priorities, deployments;
-* **accounting** — prices, budgets, metrics and :func:`prometheus_text`;
+* **accounting** — prices, budgets, metrics, the incident view (:class:`RecentActivity`),
+  :func:`prometheus_text` and :func:`instrument_opentelemetry`;
 * **events** — what subscribers receive;
 * **control plane** — :func:`serve_control` and :func:`open_control_client`;
 * **shutdown** — :func:`shutdown_on_signals` for a graceful stop on SIGTERM/SIGINT;
@@ -29,15 +30,21 @@ import logging as _logging
 
 from ._accounting import (
     DEFAULT_PRICES,
+    INCIDENT_OUTCOMES,
     OUTCOMES,
     BudgetAlert,
     BudgetStatistics,
+    DeploymentActivity,
     DeploymentStatistics,
     EndpointMetrics,
     LatencySummary,
+    LimiterUse,
+    LimitUse,
     PriceTable,
     PrometheusCollector,
+    RecentActivity,
     TokenTotals,
+    instrument_opentelemetry,
     prometheus_text,
     usage_cost,
 )
@@ -181,6 +188,7 @@ _logging.getLogger("rakka_trio").addHandler(_logging.NullHandler())
 
 __all__ = [
     "DEFAULT_PRICES",
+    "INCIDENT_OUTCOMES",
     "OUTCOMES",
     "Backpressure",
     "BadRequest",
@@ -215,6 +223,7 @@ __all__ = [
     "Credential",
     "DeadlineExceeded",
     "Deployment",
+    "DeploymentActivity",
     "DeploymentConfig",
     "DeploymentStatistics",
     "Endpoint",
@@ -250,12 +259,14 @@ __all__ = [
     "Lagged",
     "LatencySummary",
     "LimitStatistics",
+    "LimitUse",
     "LimiterFallback",
     "LimiterHandle",
     "LimiterPaused",
     "LimiterStateLost",
     "LimiterStatistics",
     "LimiterUnavailable",
+    "LimiterUse",
     "LocalRateLimited",
     "MissingExtra",
     "ModelPrice",
@@ -275,6 +286,7 @@ __all__ = [
     "RateLimitHint",
     "RateLimited",
     "RateLimits",
+    "RecentActivity",
     "Reservation",
     "Retrier",
     "RetryBudget",
@@ -311,6 +323,7 @@ __all__ = [
     "Usage",
     "__version__",
     "classify_http_status",
+    "instrument_opentelemetry",
     "load_config",
     "model_family",
     "open_control_client",

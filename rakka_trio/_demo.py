@@ -172,6 +172,8 @@ def demo_config(
         deployments=[DeploymentConfig(name="chat", endpoints=["primary", "backup"])],
         redis_url=redis_url,
         stats_interval=max(0.1, min(1.0, duration / 20)),
+        # Rolling windows scaled to the run, so the storm shows in the rates and sparklines.
+        rolling_bucket=max(0.5, min(10.0, duration / 20)),
     )
 
 

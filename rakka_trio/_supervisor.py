@@ -31,6 +31,8 @@ from ._accounting import (
     EndpointMeter,
     EndpointMetrics,
     PriceTable,
+    TelemetrySwitch,
+    can_serve,
 )
 from ._breaker import BreakerHandle, BreakerStatistics, check_duration
 from ._call import Endpoint
@@ -43,13 +45,13 @@ from ._events import (
     EndpointAdded,
     EndpointRemoved,
     Event,
-    EventBus,
     Stats,
     Subscription,
     TaskRestarted,
     Transition,
 )
 from ._fleet import Fleet, fleet_for_supervisor, no_fleet_error
+from ._history import RecordingBus
 from ._limits import LimiterHandle, LimiterRegistry, LimiterStatistics
 from ._redact import redact
 
@@ -134,7 +136,8 @@ class Supervisor:
     def __init__(self, config: SupervisorConfig, nursery: trio.Nursery) -> None:
         self._config = config
         self._nursery = nursery
-        self._bus = EventBus(config.event_buffer)
+        self._bus = RecordingBus(config.event_buffer)  # an EventBus that keeps history() too
+        self._telemetry = TelemetrySwitch.from_environment()  # OpenTelemetry when installed
         self._runtimes: dict[str, _EndpointRuntime] = {}
         self._restarts = 0
         self._closed = False
@@ -200,7 +203,11 @@ class Supervisor:
         handle = BreakerHandle(config.name, config.breaker, on_event=self._on_breaker_event)
         prices = PriceTable(config.prices, self._config.prices) if config.prices else self._prices
         meter = EndpointMeter(
-            config.name, CostTracker(config.name, config.budget, prices, self._bus.publish)
+            config.name,
+            CostTracker(config.name, config.budget, prices, self._bus.publish),
+            provider=config.provider,
+            bucket_seconds=self._config.rolling_bucket,
+            telemetry=self._telemetry,
         )
         endpoint = Endpoint(config, handle, limiter=limiter, meter=meter)
         # Workers start on demand in this nursery (none while the endpoint is idle).
@@ -302,9 +309,21 @@ class Supervisor:
         """Publish an event to every subscriber (used by the library's own components)."""
         self._bus.publish(event)
 
+    def history(self) -> tuple[Transition | Command, ...]:
+        """The last 200 transitions and operator commands, oldest first (a console that
+        connects late gets them in its welcome)."""
+        return self._bus.history.events()
+
     def statistics(self) -> SupervisorStatistics:
-        """An immutable snapshot of every endpoint (and every deployment used so far)."""
+        """An immutable snapshot of every endpoint and every deployment."""
         endpoints = {name: self._endpoint_statistics(rt) for name, rt in self._runtimes.items()}
+        deployments = {}
+        for name, dep in self._deployments.items():
+            snapshot = dep.statistics()
+            serving = sum(
+                1 for e in snapshot.endpoints if e in endpoints and can_serve(endpoints[e])
+            )
+            deployments[name] = attrs.evolve(snapshot, serving=serving)
         return SupervisorStatistics(
             node_id=self.node_id,
             at=trio.current_time(),
@@ -312,9 +331,7 @@ class Supervisor:
             subscribers=self._bus.subscriber_count,
             events_published=self._bus.published,
             task_restarts=self._restarts,
-            deployments=MappingProxyType(
-                {name: dep.statistics() for name, dep in self._deployments.items()}
-            ),
+            deployments=MappingProxyType(deployments),
         )
 
     def _endpoint_statistics(self, rt: _EndpointRuntime) -> EndpointStatistics:
@@ -330,6 +347,7 @@ class Supervisor:
             max_concurrent=engine.max_concurrent,
             limiter_utilization=utilization,
             breaker_state=breaker.state.value,
+            limiter=limiter,
         )
         return EndpointStatistics(
             name=name,
@@ -357,9 +375,10 @@ class Supervisor:
             config = next((d for d in self._config.deployments if d.name == name), None)
             if config is None:
                 raise UnknownEndpoint(name, kind="deployment")
-            dep = self._deployments[name] = Deployment(
-                config, self._engine_of, DeploymentMeter(name)
+            meter = DeploymentMeter(
+                name, bucket_seconds=self._config.rolling_bucket, telemetry=self._telemetry
             )
+            dep = self._deployments[name] = Deployment(config, self._engine_of, meter)
         return dep
 
     def _engine_of(self, name: str) -> Engine | None:
@@ -476,6 +495,8 @@ class Supervisor:
     def _start(self) -> None:
         for endpoint in self._config.endpoints:
             self.add_endpoint(endpoint)
+        for deployment in self._config.deployments:
+            self.deployment(deployment.name)  # listed in statistics() before its first request
         self.start_task("stats", self._stats_loop)
 
     async def _close_sessions(self) -> None:

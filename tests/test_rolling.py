@@ -71,3 +71,29 @@ def test_invalid_shapes_are_refused() -> None:
         RollingWindow(bucket_seconds=0)
     with pytest.raises(ValueError):
         RollingWindow(buckets=1)
+
+
+def test_total_series_sum_labels_per_bucket() -> None:
+    w = RollingWindow(bucket_seconds=10.0, buckets=4)
+    w.add(1000.0, "ok", 3)
+    w.add(1010.0, "5xx", 2)
+    w.add(1012.0, "ok", 1)
+    w.add(1015.0, "cancelled", 1)
+    stats = w.statistics(1019.0)
+    assert stats.total_series() == (0, 0, 3, 4)
+    assert stats.total_series(exclude=["ok", "cancelled"]) == (0, 0, 0, 2)
+    assert stats.total_series(["429"]) == (0, 0, 0, 0)
+    assert RollingWindow().statistics(5.0).total_series() == ()
+
+
+def test_an_unused_or_long_idle_window_is_empty_without_a_ring() -> None:
+    w = RollingWindow(bucket_seconds=10.0, buckets=30)
+    assert w.idle(0.0) and w._counts is None  # nothing allocated before the first event
+    empty = w.statistics(123.0)
+    assert (empty.rates, empty.series, empty.latency_p50) == ({}, {}, None)
+    w.add(1000.0, "ok")
+    assert not w.idle(1000.0) and not w.idle(1299.0)
+    assert w.idle(1300.0)  # 30 buckets later the event has left the ring
+    assert w.statistics(1300.0).rates == {}
+    w.add(1301.0, "5xx")  # and the ring starts over cleanly
+    assert w.statistics(1302.0).series == {"5xx": (0,) * 29 + (1,)}

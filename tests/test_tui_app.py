@@ -543,4 +543,4 @@ def test_cells_update_in_place_and_columns_grow() -> None:
         assert table.columns[ColumnKey("NOTE")].content_width >= len(note)
         assert app.selected_endpoint() == "beta"
 
-    run_app(app, scenario, size=(220, 32))
+    run_app(app, scenario, size=(240, 32))

@@ -39,6 +39,7 @@ from rakka_trio_tui._text import (
 from rakka_trio_tui._view import (
     COLUMN_PRIORITY,
     COLUMNS,
+    DISPLAY_ORDER,
     Cell,
     ColumnLayout,
     Row,
@@ -204,7 +205,7 @@ def test_stats_replace_the_endpoints_in_server_order() -> None:
 def test_missing_figures_show_a_dash() -> None:
     model, _ = fold(Connected(welcome=welcome("operator", endpoint("a"))))
     row = cells(model, "a")
-    for column in ("FAIL RATE", "OPEN UNTIL", "RPM/TPM", "IN-FLIGHT", "P95"):
+    for column in ("FAIL RATE", "OPEN UNTIL", "LIMIT", "IN-FLIGHT", "P95"):
         assert row[column] == MISSING == "\N{EN DASH}"
     assert row["NOTE"] == ""
 
@@ -223,7 +224,7 @@ def test_reported_figures_are_formatted() -> None:
     model, _ = fold(Connected(welcome=welcome("operator", ep)))
     row = cells(model, "a")
     assert row["FAIL RATE"] == "25% of 40" and style(model, "a", "FAIL RATE") == "yellow"
-    assert row["RPM/TPM"] == "85%" and style(model, "a", "RPM/TPM") == "yellow"
+    assert row["LIMIT"] == "85%" and style(model, "a", "LIMIT") == "yellow"
     assert row["IN-FLIGHT"] == "3 +5 queued"
     assert row["P95"] == "123ms"
     assert row["TRIPS"] == "2"
@@ -235,7 +236,7 @@ def test_reported_figures_are_formatted() -> None:
     row = cells(model, "a")
     assert row["REJECTED"] == "12" and style(model, "a", "REJECTED") == "magenta"
     assert row["P95"] == "2.50s" and row["FAIL RATE"] == "<1% of 40"
-    assert style(model, "a", "RPM/TPM") == "red"
+    assert style(model, "a", "LIMIT") == "red"
 
 
 @pytest.mark.parametrize(
@@ -579,14 +580,14 @@ def test_80_columns_keep_state_failures_latency_and_in_flight() -> None:
     layout = fit_columns(rows, 80)
     assert {"ENDPOINT", "STATE", "FAILS", "P95", "IN-FLIGHT"} <= set(layout.titles)
     assert "PROVIDER" not in layout.titles
-    assert list(layout.titles) == [t for t in COLUMNS if t in layout.titles]  # display order
+    assert list(layout.titles) == [t for t in DISPLAY_ORDER if t in layout.titles]
     assert _width(layout, rows) <= 80
 
 
 def test_a_wide_terminal_shows_every_column_and_the_whole_note() -> None:
     rows = table_rows(_wide_scene(), 100.0)
-    layout = fit_columns(rows, 200)
-    assert layout.titles == COLUMNS
+    layout = fit_columns(rows, 220)
+    assert layout.titles == DISPLAY_ORDER
     note = COLUMNS.index("NOTE")
     texts = [layout.cell(note, r.cells[note]).text for r in rows]
     assert "probe flaps by cli:alice@127.0.0.1:50400" in texts

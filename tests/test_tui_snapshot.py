@@ -55,9 +55,91 @@ def utc() -> Iterator[None]:
         time.tzset()
 
 
+# A storm on the backup: 5xx attempts, its traffic moving to the primary (the incident view).
+PRIMARY_SERIES = [0] * 18 + [8, 9, 10, 11, 12, 12, 13, 14, 15, 15, 16, 9]
+BACKUP_SERIES = [0] * 18 + [12, 12, 11, 12, 10, 6, 3, 1, 0, 0, 0, 0]
+BACKUP_ERRORS = [0] * 18 + [0, 0, 1, 3, 6, 6, 3, 1, 0, 0, 0, 0]
+
+
+def primary_recent() -> proto.RecentState:
+    return proto.RecentState(
+        window=10.0,
+        bucket=10.0,
+        requests={"ok": 15.2, "cancelled": 0.1},
+        attempts={"ok": 15.2, "429": 0.3},
+        retries=0.3,
+        error_rate=0.0,
+        p50=0.21,
+        p95=0.84,
+        p99=1.62,
+        requests_series=PRIMARY_SERIES,
+        errors_series=[0] * 30,
+    )
+
+
+def backup_recent() -> proto.RecentState:
+    return proto.RecentState(
+        window=10.0,
+        bucket=10.0,
+        requests={"5xx": 0.4, "circuit_open": 3.1},
+        attempts={"5xx": 1.2},
+        retries=0.8,
+        error_rate=1.0,
+        p50=None,
+        p95=None,
+        p99=None,
+        requests_series=BACKUP_SERIES,
+        errors_series=BACKUP_ERRORS,
+    )
+
+
+def limits(used: float, *, paused_for: float | None = None) -> proto.LimiterState:
+    return proto.LimiterState(
+        limits=[
+            proto.LimitState(name="rpm", used=used, limit=10_000, configured=10_000),
+            proto.LimitState(name="tpm", used=0.97, limit=40_000, configured=2_000_000),
+        ],
+        paused_for=paused_for,
+        waiting=0,
+    )
+
+
+def chat_deployment() -> proto.DeploymentState:
+    return proto.DeploymentState(
+        name="chat",
+        strategy="ordered",
+        endpoints=["anthropic-backup", "openai-primary"],
+        serving=1,
+        window=10.0,
+        bucket=10.0,
+        requests={"ok": 15.2, "circuit_open": 0.1},
+        success_rate=0.993,
+        fallbacks=[
+            proto.FallbackState(
+                from_endpoint="anthropic-backup",
+                to="openai-primary",
+                cause="CircuitOpen",
+                per_second=3.1,
+                total=96,
+            ),
+            proto.FallbackState(
+                from_endpoint="anthropic-backup",
+                to="openai-primary",
+                cause="ServerError",
+                per_second=0.4,
+                total=31,
+            ),
+        ],
+        requests_series=[a + b for a, b in zip(PRIMARY_SERIES, BACKUP_SERIES, strict=True)],
+        errors_series=[0] * 29 + [1],
+    )
+
+
 def scene() -> tuple[RakkaTui, FakeServer]:
-    """Five endpoints, one in each breaker state, with every column filled somewhere."""
+    """Five endpoints, one in each breaker state, with every column filled somewhere, and a
+    deployment whose traffic moved from the tripped backup to the primary."""
     server = FakeServer(
+        deployments=(chat_deployment(),),
         endpoints=(
             endpoint(
                 "openai-primary",
@@ -69,6 +151,8 @@ def scene() -> tuple[RakkaTui, FakeServer]:
                 limiter_utilization=0.42,
                 in_flight=6,
                 latency_p95=0.84,
+                recent=primary_recent(),
+                limiter=limits(0.42),
             ),
             endpoint(
                 "anthropic-backup",
@@ -84,6 +168,8 @@ def scene() -> tuple[RakkaTui, FakeServer]:
                 limiter_utilization=0.97,
                 in_flight=0,
                 latency_p95=2.31,
+                recent=backup_recent(),
+                limiter=limits(0.1, paused_for=2.5),
             ),
             endpoint("gemini-flash", provider="gemini", state="half_open", trips=2),
             endpoint(
@@ -103,7 +189,7 @@ def scene() -> tuple[RakkaTui, FakeServer]:
                 forced_reason="probe flaps",
                 forced_by="cli:alice@127.0.0.1:50400",
             ),
-        )
+        ),
     )
     app = RakkaTui(
         "ws://127.0.0.1:8765",
@@ -190,24 +276,35 @@ def test_main_screen_snapshot_content() -> None:
     screen = "\n".join(lines)
     assert lines[0].startswith(" rakka-trio  ws://127.0.0.1:8765  ● connected  as operator")
     header = lines[1].split()
-    assert header[:4] == ["ENDPOINT", "PROVIDER", "STATE", "FAILS"]
-    assert header[-5:] == ["IN-FLIGHT", "P95", "TRIPS", "REJECTED", "NOTE"]
+    assert header[:6] == ["ENDPOINT", "STATE", "FAILS", "FAIL", "RATE", "ERR%"]
+    assert header[-5:] == ["LIMIT", "IN-FLIGHT", "P95", "REJECTED", "NOTE"]
+    assert "TREND" in header  # the request sparkline
 
     def row(name: str) -> list[str]:
         return next(line for line in lines if line.split()[:1] == [name]).split()
 
-    assert row("openai-primary")[2:] == [
-        "closed", "0", "(2)", "1%", "of", "100", NA, "42%", "6", "840ms", "0", "0",
+    # The recent error rate and the trend: the backup fails every request, the primary
+    # carries the traffic that moved; the limiter names the busiest limit.
+    assert row("openai-primary")[1:] == [
+        "closed", "0", "(2)", "1%", "of", "100", "0%", "▆▆▇▇███▅", NA, "TPM", "97%↓",
+        "6", "840ms", "0",
     ]  # fmt: skip
-    assert row("anthropic-backup")[2:] == [
-        "open", "5", "(9)", "55%", "of", "20", "25s", "97%", "0", "2.31s", "1", "37",
+    assert row("anthropic-backup")[1:] == [
+        "open", "5", "(9)", "55%", "of", "20", "100%", "█▅▃▂▁▁▁▁", "25s", "paused", "3s",
+        "0", "2.31s", "37",
     ]  # fmt: skip
-    assert row("gemini-flash")[2:] == ["half_open", "0", NA, NA, NA, NA, NA, "2", "0"]
-    assert row("vllm-local")[2:] == [
-        "forced_open", "0", NA, "5m00s", NA, NA, NA, "0", "120",
+    assert row("gemini-flash")[1:] == ["half_open", "0", NA, NA, NA, NA, NA, NA, NA, "0"]
+    assert row("vllm-local")[1:] == [
+        "forced_open", "0", NA, NA, NA, "5m00s", NA, NA, NA, "120",
         "incident-42", "by", "tui@127.0.0.1:50312",
     ]  # fmt: skip
-    assert row("ollama-dev")[2:6] == ["disabled", "0", NA, "until"]
+    assert row("ollama-dev")[1:5] == ["disabled", "0", NA, NA]
+    # The selected endpoint's breakdown by cause, and the deployment panel.
+    assert "openai-primary  15.3 req/s  errors 0%  trips 0  ▅▅▅▆▆▆▇▇███▅" in screen
+    assert "attempts/s ok 15.2  429 0.3  retries/s 0.3  p50/p95/p99 210ms/840ms/1.62s" in screen
+    assert "TPM 97% of 40000/min (provider-lowered from 2000000)" in screen
+    assert "deployment chat  serving 1/2  success 99%  15.3 req/s" in screen
+    assert "fallbacks anthropic-backup→openai-primary CircuitOpen 3.1/s (96)" in screen
     assert "08:53:21.500  anthropic-backup  closed → open  (failure_threshold)" in screen
     assert "08:53:22.250  vllm-local  force_open by tui@127.0.0.1:50312 for 5m00s" in screen
     assert "f Force open" in lines[-1] and "q Quit" in lines[-1]
@@ -252,7 +349,7 @@ def test_main_screen_fits_common_terminals(size: tuple[int, int]) -> None:
     assert lines[1].split() == " ".join(shown).split()  # what is drawn is what was chosen
     assert "● connected  as operator  5 endpoints" in lines[0]
     header = lines[1].split()
-    for title in ("ENDPOINT", "STATE", "FAILS", "IN-FLIGHT", "P95"):
+    for title in ("ENDPOINT", "STATE", "FAILS", "IN-FLIGHT", "P95", "ERR%"):
         assert title in header, title
 
     def row(name: str) -> str:
@@ -261,8 +358,13 @@ def test_main_screen_fits_common_terminals(size: tuple[int, int]) -> None:
     assert "2.31s" in row("anthropic-backup") and "840ms" in row("openai-primary")
     assert "6" in row("openai-primary").split()  # in flight
     assert all(len(line) <= size[0] for line in lines)
+    screen = "\n".join(lines)
+    # Whatever the width: the selected endpoint's attempts by cause and the deployment.
+    assert "attempts/s ok 15.2  429 0.3" in screen
+    assert "deployment chat  serving 1/2  success 99%" in screen
+    assert "fallbacks anthropic-backup→openai-primary CircuitOpen" in screen
     if size[0] >= 140:
-        assert header[-3:] == ["TRIPS", "REJECTED", "NOTE"]
+        assert header[-2:] == ["REJECTED", "NOTE"] and "TREND" in header
         assert row("vllm-local").endswith("incident-42 by tui@127.0.0.1:50312")
         assert row("ollama-dev").endswith("probe flaps by cli:alice@127.0.0.1:50400")
     text = "\n".join(lines) + "\n"

@@ -66,21 +66,35 @@ def endpoint(name: str, state: str = "closed", **fields: Any) -> proto.EndpointS
     return proto.EndpointState(**values)
 
 
-def snapshot(*endpoints: proto.EndpointState, node_id: str = "node-1") -> proto.Snapshot:
-    """A snapshot of ``endpoints``."""
-    return proto.Snapshot(node_id=node_id, wall=1_700_000_000.0, endpoints=list(endpoints))
+def snapshot(
+    *endpoints: proto.EndpointState,
+    node_id: str = "node-1",
+    deployments: tuple[proto.DeploymentState, ...] | None = None,
+) -> proto.Snapshot:
+    """A snapshot of ``endpoints`` (and ``deployments``, when given)."""
+    return proto.Snapshot(
+        node_id=node_id,
+        wall=1_700_000_000.0,
+        endpoints=list(endpoints),
+        deployments=None if deployments is None else list(deployments),
+    )
 
 
 def welcome(
-    role: str, *endpoints: proto.EndpointState, stats_interval: float = 1.0
+    role: str,
+    *endpoints: proto.EndpointState,
+    stats_interval: float = 1.0,
+    deployments: tuple[proto.DeploymentState, ...] | None = None,
+    history: list[proto.HistoryFrame] | None = None,
 ) -> proto.WelcomeFrame:
-    """The server's greeting with ``role`` and a first snapshot."""
+    """The server's greeting with ``role``, a first snapshot and (optionally) history."""
     return proto.WelcomeFrame(
         protocol=1,
         role=role,
         server="rakka-trio/test",
         stats_interval=stats_interval,
-        snapshot=snapshot(*endpoints),
+        snapshot=snapshot(*endpoints, deployments=deployments),
+        history=history,
     )
 
 
@@ -196,8 +210,12 @@ class FakeServer:
         role: str = "operator",
         endpoints: tuple[proto.EndpointState, ...] | None = None,
         stats_interval: float = 1.0,
+        deployments: tuple[proto.DeploymentState, ...] | None = None,
+        history: list[proto.HistoryFrame] | None = None,
     ) -> None:
         self.role = role
+        self.deployments = deployments
+        self.history = history
         self.stats_interval = stats_interval
         self.endpoints = list(DEFAULT_ENDPOINTS if endpoints is None else endpoints)
         self.sent: list[Command] = []
@@ -217,7 +235,13 @@ class FakeServer:
         if self.refuse is not None:
             raise ControlConnectionError(self.refuse, code="connect_failed")
         self.connections += 1
-        greeting = welcome(self.role, *self.endpoints, stats_interval=self.stats_interval)
+        greeting = welcome(
+            self.role,
+            *self.endpoints,
+            stats_interval=self.stats_interval,
+            deployments=self.deployments,
+            history=self.history,
+        )
         client = FakeClient(self, greeting)
         self.client = client
         try:

@@ -23,6 +23,7 @@ import math
 from array import array
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import attrs
 import trio
@@ -45,6 +46,17 @@ from .._errors import (
     Timeout,
 )
 from ._cost import BudgetStatistics, CostTracker
+from ._otel import TelemetrySwitch
+from ._recent import (
+    DeploymentActivity,
+    DeploymentRecent,
+    EndpointRecent,
+    LimiterUse,
+    RecentActivity,
+    incident_outcome,
+    limiter_use,
+)
+from ._rolling import DEFAULT_BUCKET_SECONDS
 
 #: Request outcome labels, in exposition order. ``429`` covers provider rate limits, quota
 #: errors and our own limiter refusing; ``4xx`` other client errors; ``network`` connection
@@ -189,6 +201,10 @@ class EndpointMetrics:
     (engine and plain calls), ``max_concurrent`` the engine's current worker limit (halved
     while a ``throttle`` budget is exceeded). ``limiter_utilization`` is the rate limiter's
     highest utilisation (0..1) and ``breaker_state`` the breaker's state.
+
+    ``recent`` is what is happening now (rolling rates by outcome, error rate, retries,
+    latency, sparkline series) and ``limits`` the rate limiter split by limit, with its
+    pause; both are ``None`` when not reported.
     """
 
     endpoint: str
@@ -208,12 +224,14 @@ class EndpointMetrics:
     in_flight: int
     limiter_utilization: float | None
     breaker_state: str
+    recent: RecentActivity | None = None
+    limits: LimiterUse | None = None
 
 
 class CallRecord:
     """One call being measured (from :meth:`EndpointMeter.begin`)."""
 
-    __slots__ = ("_first", "_meter", "_model", "_start", "_trying")
+    __slots__ = ("_first", "_meter", "_model", "_span", "_start", "_tries", "_trying")
 
     def __init__(self, meter: EndpointMeter, model: str | None, start: float) -> None:
         self._meter = meter
@@ -221,20 +239,40 @@ class CallRecord:
         self._start = start
         self._first = False
         self._trying = False  # a try is under way whose outcome is not counted yet
+        self._tries = 0
+        telemetry = meter.telemetry.current
+        self._span = (
+            telemetry.start(meter.endpoint, meter.provider, model)
+            if telemetry is not None
+            else None
+        )
 
     def attempt_started(self) -> None:
         """A try begins; it is counted by :meth:`attempt_failed` or, if it goes on to serve
         the call, by :meth:`end` with the call's outcome."""
         self._trying = True
+        self._tries += 1
 
     def attempt_failed(self, exc: BaseException) -> None:
         """The current try failed with ``exc`` (the call may try again, or move on)."""
         self._trying = False
-        self._meter.attempts[outcome_of(exc)] += 1
+        meter = self._meter
+        label = outcome_of(exc)
+        meter.attempts[label] += 1
+        incident = incident_outcome(label, exc)
+        meter.recent.attempts.add(trio.current_time(), incident)
+        telemetry = meter.telemetry.current
+        if telemetry is not None and self._span is not None:
+            telemetry.attempt_failed(self._span, meter.endpoint, incident, exc)
 
     def retried(self) -> None:
         """The call tries again on this endpoint."""
-        self._meter.retries += 1
+        meter = self._meter
+        meter.retries += 1
+        meter.recent.retries.add(trio.current_time(), "retry")
+        telemetry = meter.telemetry.current
+        if telemetry is not None:
+            telemetry.retried(meter.endpoint)
 
     def first_chunk(self) -> None:
         """The first chunk is ready: record the time to first token (once per call, however
@@ -260,16 +298,38 @@ class CallRecord:
         elif exc is not None and complete and not isinstance(exc, RakkaError):
             # Everything was delivered; the caller's own exception afterwards is not the call's.
             label = outcome_of(None, finish_reason)
+            exc = None
         else:
             label = outcome_of(exc, finish_reason)
+        now = trio.current_time()
+        recent = meter.recent
+        incident = incident_outcome(label, exc)
         meter.requests[label] += 1
-        if self._trying:
+        recent.requests.add(now, incident)
+        served = self._trying
+        if served:
             self._trying = False
             meter.attempts[label] += 1
+            recent.attempts.add(now, incident)
         if label in ("ok", "filtered"):
-            meter.latency.record(trio.current_time() - self._start)
+            meter.latency.record(now - self._start)
+            recent.requests.add_latency(now, now - self._start)
         if usage is not None:
             meter.add_usage(self._model, usage)
+        telemetry = meter.telemetry.current
+        if telemetry is not None and self._span is not None:
+            telemetry.end(
+                self._span,
+                endpoint=meter.endpoint,
+                provider=meter.provider,
+                model=self._model,
+                outcome=incident,
+                exc=exc,
+                attempts=self._tries,
+                seconds=now - self._start,
+                usage=usage,
+                served=served,
+            )
 
 
 class EndpointMeter:
@@ -281,16 +341,30 @@ class EndpointMeter:
         "endpoint",
         "in_flight",
         "latency",
+        "provider",
         "queue_wait",
+        "recent",
         "requests",
         "retries",
+        "telemetry",
         "tokens",
         "ttft",
     )
 
-    def __init__(self, endpoint: str, cost: CostTracker) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        cost: CostTracker,
+        *,
+        provider: str = "unknown",
+        bucket_seconds: float = DEFAULT_BUCKET_SECONDS,
+        telemetry: TelemetrySwitch | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self.provider = provider
         self.cost = cost
+        self.recent = EndpointRecent(bucket_seconds)
+        self.telemetry = telemetry if telemetry is not None else TelemetrySwitch()
         self.requests: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.attempts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.retries = 0
@@ -306,7 +380,7 @@ class EndpointMeter:
         try:
             self.cost.check()
         except BudgetExceeded:
-            self.requests["budget"] += 1
+            self.count("budget")
             raise
         self.in_flight += 1
         return CallRecord(self, model, trio.current_time())
@@ -315,6 +389,11 @@ class EndpointMeter:
         """Count a request that ended before any call (``backpressure``, ``timeout``,
         ``cancelled``, ``budget``, ``circuit_open`` ...)."""
         self.requests[label] += 1
+        incident = incident_outcome(label, None)
+        self.recent.requests.add(trio.current_time(), incident)
+        telemetry = self.telemetry.current
+        if telemetry is not None:
+            telemetry.requests.add(1, {"rakka.endpoint": self.endpoint, "rakka.outcome": incident})
 
     def add_usage(self, model: str | None, usage: Usage) -> None:
         """Add reported tokens and their cost."""
@@ -334,8 +413,10 @@ class EndpointMeter:
         max_concurrent: int = 0,
         limiter_utilization: float | None = None,
         breaker_state: str = "closed",
+        limiter: Any = None,
     ) -> EndpointMetrics:
-        """An immutable snapshot; the gauges come from the engine, limiter and breaker."""
+        """An immutable snapshot; the gauges come from the engine, limiter and breaker
+        (``limiter``: the endpoint's ``LimiterStatistics``, split by limit in ``limits``)."""
         t = self.tokens
         return EndpointMetrics(
             endpoint=self.endpoint,
@@ -355,6 +436,8 @@ class EndpointMeter:
             in_flight=self.in_flight,
             limiter_utilization=limiter_utilization,
             breaker_state=breaker_state,
+            recent=self.recent.snapshot(trio.current_time()),
+            limits=limiter_use(limiter),
         )
 
 
@@ -367,6 +450,11 @@ class DeploymentStatistics:
     error class name that caused the move (``CircuitOpen``, ``RateLimited``, ``ServerError``
     ...; ``RateLimitExceeded`` when the endpoint's rate-limit key was paused or short, so it
     was skipped without sending). ``fallbacks`` sums them by ``"from:Cause"``.
+
+    ``recent`` is what is happening now (rates by outcome, success rate, fallbacks per
+    second, sparkline series) and ``serving`` how many of its endpoints can take calls now
+    (breaker closed, half-open or disabled, rate-limit key not paused); ``None`` when not
+    reported.
     """
 
     name: str
@@ -378,20 +466,45 @@ class DeploymentStatistics:
     fallback_routes: Mapping[tuple[str, str, str], int] = attrs.field(
         factory=lambda: MappingProxyType({})
     )
+    recent: DeploymentActivity | None = None
+    serving: int | None = None
 
 
 class DeploymentMeter:
     """Counters of one deployment (final outcomes, fallbacks, waits for recovery)."""
 
-    __slots__ = ("fallbacks", "name", "recovery_waits", "requests", "routes", "strategy")
+    __slots__ = (
+        "fallbacks",
+        "name",
+        "recent",
+        "recovery_waits",
+        "requests",
+        "routes",
+        "strategy",
+        "telemetry",
+    )
 
-    def __init__(self, name: str, strategy: str = "ordered") -> None:
+    def __init__(
+        self,
+        name: str,
+        strategy: str = "ordered",
+        *,
+        bucket_seconds: float = DEFAULT_BUCKET_SECONDS,
+        telemetry: TelemetrySwitch | None = None,
+    ) -> None:
         self.name = name
         self.strategy = strategy
         self.requests: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.fallbacks: dict[str, int] = {}
         self.routes: dict[tuple[str, str, str], int] = {}
         self.recovery_waits = 0
+        self.recent = DeploymentRecent(bucket_seconds)
+        self.telemetry = telemetry if telemetry is not None else TelemetrySwitch()
+
+    def count(self, label: str, exc: BaseException | None = None) -> None:
+        """Count one request's final outcome ``label`` (``exc``: the error it ended with)."""
+        self.requests[label] += 1
+        self.recent.requests.add(trio.current_time(), incident_outcome(label, exc))
 
     def fallback(self, left: str, to: str, cause: str) -> None:
         """Count one move from endpoint ``left`` to ``to`` because of ``cause`` (an error
@@ -400,6 +513,10 @@ class DeploymentMeter:
         self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
         route = (left, to, cause)
         self.routes[route] = self.routes.get(route, 0) + 1
+        self.recent.fallback(trio.current_time(), route)
+        telemetry = self.telemetry.current
+        if telemetry is not None:
+            telemetry.fallback(self.name, left, to, cause)
 
     def snapshot(self, endpoints: Iterable[str]) -> DeploymentStatistics:
         """An immutable snapshot."""
@@ -411,4 +528,5 @@ class DeploymentMeter:
             recovery_waits=self.recovery_waits,
             strategy=self.strategy,
             fallback_routes=MappingProxyType(dict(self.routes)),
+            recent=self.recent.snapshot(trio.current_time()),
         )

@@ -178,6 +178,45 @@ def prometheus_text(source: _HasStatistics | _StatisticsSnapshot) -> str:
                 base,
                 m.limiter_utilization,
             )
+        if m.limits is not None:
+            for lim in m.limits.limits:
+                labels = {**base, "limit": lim.name}
+                out.add(
+                    "rakka_limiter_use",
+                    "gauge",
+                    "Share of each rate limit in use now (0..1).",
+                    labels,
+                    lim.used,
+                )
+                out.add(
+                    "rakka_limiter_limit",
+                    "gauge",
+                    "Each rate limit in force: per minute, or calls for concurrency "
+                    "(below the configured one when the provider's headers lowered it).",
+                    labels,
+                    lim.limit,
+                )
+                out.add(
+                    "rakka_limiter_limit_configured",
+                    "gauge",
+                    "Each rate limit as configured.",
+                    labels,
+                    lim.configured,
+                )
+            out.add(
+                "rakka_limiter_paused",
+                "gauge",
+                "1 while a provider 429 pauses the rate-limit key, else 0.",
+                base,
+                1 if m.limits.paused_until is not None else 0,
+            )
+            out.add(
+                "rakka_limiter_waiting",
+                "gauge",
+                "Requests waiting in line for rate-limit budget.",
+                base,
+                m.limits.waiting,
+            )
         for metric, summary, help_text in (
             ("rakka_ttft_seconds", m.ttft, "Time from the call's start to its first chunk."),
             ("rakka_request_duration_seconds", m.latency, "Duration of completed calls."),
@@ -216,6 +255,21 @@ def prometheus_text(source: _HasStatistics | _StatisticsSnapshot) -> str:
                 "Moves to another endpoint, by the endpoint left, the one taken and the cause.",
                 {**base, "endpoint": left, "to": to, "reason": reason},
                 count,
+            )
+        out.add(
+            "rakka_deployment_endpoints",
+            "gauge",
+            "Endpoints in the deployment.",
+            base,
+            len(dep.endpoints),
+        )
+        if dep.serving is not None:
+            out.add(
+                "rakka_deployment_endpoints_serving",
+                "gauge",
+                "Endpoints of the deployment that can take calls now.",
+                base,
+                dep.serving,
             )
         out.add(
             "rakka_deployment_recovery_waits_total",

@@ -403,8 +403,10 @@ class SupervisorConfig:
     loses the oldest events and gets a ``Lagged`` marker). A crashed supervised task restarts
     with backoff (``restart_backoff`` doubling to ``restart_backoff_max``) unless it crashed
     more than ``restart_intensity`` times within ``restart_period`` seconds, which fails the
-    supervisor. ``stats_interval`` paces the ``Stats`` events. ``prices`` overrides the
-    built-in per-model price defaults for every endpoint (see docs/engine.md).
+    supervisor. ``stats_interval`` paces the ``Stats`` events. ``rolling_bucket`` is the
+    length in seconds of one bucket of the incident view's rolling windows (30 are kept:
+    5 minutes by default). ``prices`` overrides the built-in per-model price defaults for
+    every endpoint (see docs/engine.md).
     """
 
     endpoints: list[EndpointConfig] = attrs.field(factory=list, converter=_as_list)
@@ -420,6 +422,7 @@ class SupervisorConfig:
     restart_backoff: float = attrs.field(default=0.1, validator=_number(ge=0))
     restart_backoff_max: float = attrs.field(default=5.0, validator=_number(ge=0))
     stats_interval: float = attrs.field(default=1.0, validator=_number(gt=0))
+    rolling_bucket: float = attrs.field(default=10.0, validator=_number(gt=0))
     prices: Mapping[str, ModelPrice] = attrs.field(factory=dict, converter=_prices)
     fleet: FleetConfig | None = attrs.field(default=None, converter=fleet_config)
 

@@ -17,7 +17,7 @@ import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 from trio_websocket import WebSocketConnection
@@ -41,6 +41,9 @@ from ._connection import (
 from ._guards import HelloThrottle, LogLimiter, Waiting, WaitingRoom, refused_origin
 from ._transport import start_websocket
 
+if TYPE_CHECKING:
+    from ._metrics_http import MetricsHttp
+
 log = logging.getLogger("rakka_trio.control")
 
 _ORIGIN_REFUSED: Final = b"this Origin may not use the control plane (see allowed_origins)\n"
@@ -63,6 +66,7 @@ class Gate:
         max_frame_size: int,
         max_message_size: int,
         hello_timeout: float,
+        metrics: Callable[[HelloThrottle], MetricsHttp] | None = None,
     ) -> None:
         self._counters = counters
         self._log = log_limiter
@@ -77,6 +81,8 @@ class Gate:
         self._room = WaitingRoom(limit=max_connections, per_peer=max_unauthenticated_per_ip)
         self._throttle = HelloThrottle()
         self._ids = itertools.count(1)
+        # GET /metrics on the same port (shares the failed-token throttle with hellos).
+        self.metrics = metrics(self._throttle) if metrics is not None else None
 
     @property
     def waiting(self) -> int:
@@ -103,6 +109,11 @@ class Gate:
         refusal: Callable[[], Awaitable[None]] | None = None
         try:
             with waiting.scope:
+                if self.metrics is not None:
+                    served = await self.metrics.intercept(stream, key, peer)
+                    if served is None:
+                        return None  # a /metrics scrape, answered
+                    stream = served  # the bytes read so far go first
                 ws, request = await start_websocket(
                     nursery, stream, max_message_size=self._max_frame_size
                 )

@@ -29,6 +29,7 @@ from ._client import (
     ControlUnknownEndpoint,
     open_control_client,
 )
+from ._incident_text import SPARK_BARS, bars_for, deployment_lines, limiter_cell, recent_lines
 from ._input import DURATION_HELP, check_control_url, parse_duration
 
 __all__ = [
@@ -343,7 +344,7 @@ async def _state(client: ControlClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_snapshot_dict(snapshot), indent=2), flush=True)
     else:
-        print(format_snapshot(snapshot), flush=True)
+        print(format_snapshot(snapshot, bars=bars_for(sys.stdout.encoding)), flush=True)
     return EXIT_OK
 
 
@@ -522,15 +523,16 @@ def _latencies(ep: proto.EndpointState) -> str:
     return "/".join(_latency(f) for f in figures)
 
 
-def format_snapshot(snapshot: proto.Snapshot) -> str:
+def format_snapshot(snapshot: proto.Snapshot, *, bars: str = SPARK_BARS) -> str:
     """A table of every endpoint in ``snapshot``: breaker state and counts, calls in flight,
-    latency percentiles and limiter use (``-`` for a figure the server did not report)."""
+    latency percentiles and limiter use (``-`` for a figure the server did not report); then
+    the recent rates per endpoint and the deployments, when the server reports them
+    (sparklines drawn with ``bars``)."""
     rows: list[tuple[str, ...]] = [_STATE_COLUMNS]
     for ep in snapshot.endpoints:
         note = ""
         if ep.forced_by or ep.forced_reason:
             note = f"{ep.forced_reason or ''}" + (f" (by {ep.forced_by})" if ep.forced_by else "")
-        limiter = ep.limiter_utilization
         rows.append(
             (
                 ep.name,
@@ -540,7 +542,7 @@ def format_snapshot(snapshot: proto.Snapshot) -> str:
                 _rate(ep),
                 _in_flight(ep),
                 _latencies(ep),
-                "-" if limiter is None else f"{limiter:.0%}",
+                limiter_cell(ep),
                 str(ep.trips),
                 str(ep.rejected),
                 _until(ep.open_until_in, ep.until_reset) or "-",
@@ -554,7 +556,8 @@ def format_snapshot(snapshot: proto.Snapshot) -> str:
     ]
     title = f"node {_safe(snapshot.node_id)} at {_clock(snapshot.wall)}: "
     title += f"{len(snapshot.endpoints)} endpoint{'s' if len(snapshot.endpoints) != 1 else ''}"
-    return "\n".join([title, *lines])
+    incident = [*recent_lines(snapshot, _safe, bars), *deployment_lines(snapshot, _safe, bars)]
+    return "\n".join([title, *lines, *incident])
 
 
 def _snapshot_dict(snapshot: proto.Snapshot) -> dict[str, Any]:

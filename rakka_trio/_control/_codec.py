@@ -18,14 +18,17 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 
+from ._incident import FallbackState
 from ._schema import (
     _JSON_SAFE_INT,
     CLIENT_TYPES,
     MAX_ID_LENGTH,
     SERVER_TYPES,
     ClientMessage,
+    CommandFrame,
     EndpointState,
     ErrorCode,
+    HistoryFrame,
     MessageId,
     ProtocolError,
     ServerFrame,
@@ -79,6 +82,7 @@ def _structure_optional_id(value: Any, _: Any) -> MessageId | None:
 
 _RENAMES: Final[Mapping[type[Any], Mapping[str, str]]] = {
     TransitionFrame: {"from_state": "from", "to_state": "to"},
+    FallbackState: {"from_endpoint": "from"},
 }
 
 
@@ -92,7 +96,9 @@ def _make_converter(*, strict: bool) -> cattrs.Converter:
     conv.register_structure_hook(bool, _structure_bool)
     conv.register_structure_hook_func(lambda t: t == MessageId, _structure_id)
     conv.register_structure_hook_func(lambda t: t == (MessageId | None), _structure_optional_id)
-    for cls in (*CLIENT_TYPES.values(), *SERVER_TYPES.values(), EndpointState, Snapshot):
+    tag: Callable[[type[Any]], str] = lambda cls: cls.TYPE  # noqa: E731
+
+    def register(cls: type[Any]) -> None:
         renames: dict[str, Any] = {
             name: override(rename=wire) for name, wire in _RENAMES.get(cls, {}).items()
         }
@@ -101,7 +107,13 @@ def _make_converter(*, strict: bool) -> cattrs.Converter:
             make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=strict, **renames),
         )
         conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **renames))
-    tag: Callable[[type[Any]], str] = lambda cls: cls.TYPE  # noqa: E731
+
+    # Inner classes first: a class's generated hook captures those of its fields' classes.
+    for cls in (FallbackState, EndpointState, Snapshot, TransitionFrame, CommandFrame):
+        register(cls)
+    configure_tagged_union(HistoryFrame, conv, tag_generator=tag, tag_name="type")
+    for cls in (*CLIENT_TYPES.values(), *SERVER_TYPES.values()):
+        register(cls)
     configure_tagged_union(ClientMessage, conv, tag_generator=tag, tag_name="type")
     configure_tagged_union(ServerFrame, conv, tag_generator=tag, tag_name="type")
     return conv

@@ -109,6 +109,8 @@ class Feed:
             server=f"rakka-trio/{__version__}",
             stats_interval=self._sup.config.stats_interval,
             snapshot=proto.snapshot_from_statistics(self._sup.statistics()),
+            # Taken with the snapshot, after subscribing: no event is in both or in neither.
+            history=proto.history_frames(self._sup.history()),
         )
         conn.state_at = trio.current_time()  # stats older than the welcome's snapshot: skip
         try:

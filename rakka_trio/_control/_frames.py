@@ -21,11 +21,13 @@ from .._events import (
     Transition,
 )
 from .._redact import redact
+from ._incident import deployment_states, limiter_state, recent_state
 from ._schema import (
     CommandFrame,
     EndpointAddedFrame,
     EndpointRemovedFrame,
     EndpointState,
+    HistoryFrame,
     LaggedFrame,
     ServerFrame,
     Snapshot,
@@ -123,6 +125,8 @@ def endpoint_state(stats: Any, now: float, wall: float) -> EndpointState:
         latency_p50=_num(getattr(stats, "latency_p50", None), 4),
         latency_p95=_num(getattr(stats, "latency_p95", None), 4),
         latency_p99=_num(getattr(stats, "latency_p99", None), 4),
+        recent=recent_state(getattr(stats, "metrics", None)),
+        limiter=limiter_state(getattr(stats, "metrics", None), now),
     )
 
 
@@ -137,6 +141,7 @@ def snapshot_from_statistics(statistics: Any, *, wall: float | None = None) -> S
         node_id=statistics.node_id,
         wall=_num(wall) or 0.0,
         endpoints=[endpoint_state(s, now, wall) for s in statistics.endpoints.values()],
+        deployments=deployment_states(statistics),
     )
 
 
@@ -172,7 +177,12 @@ def frame_from_event(event: Event) -> ServerFrame | None:
         )
     if isinstance(event, Stats):
         snap = snapshot_from_statistics(event.statistics, wall=event.wall)
-        return StatsFrame(node_id=snap.node_id, wall=snap.wall, endpoints=snap.endpoints)
+        return StatsFrame(
+            node_id=snap.node_id,
+            wall=snap.wall,
+            endpoints=snap.endpoints,
+            deployments=snap.deployments,
+        )
     if isinstance(event, Lagged):
         return LaggedFrame(wall=wall, dropped=event.dropped)
     if isinstance(event, EndpointAdded):
@@ -188,3 +198,14 @@ def frame_from_event(event: Event) -> ServerFrame | None:
             backoff=_num(event.backoff) or 0.0,
         )
     return None
+
+
+def history_frames(events: Any) -> list[HistoryFrame]:
+    """The ``transition`` and ``command`` frames of a supervisor's ``history()``, oldest
+    first (a welcome carries them)."""
+    frames: list[HistoryFrame] = []
+    for event in events:
+        frame = frame_from_event(event)
+        if isinstance(frame, TransitionFrame | CommandFrame):
+            frames.append(frame)
+    return frames

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 import attrs
 
 from .._errors import RakkaError
+from ._incident import DeploymentState, LimiterState, RecentState
 
 PROTOCOL_VERSION: Final = 1
 
@@ -224,7 +225,9 @@ class EndpointState:
     timer, and ``until_reset`` is true when an operator forced it without expiry. ``open_for``
     is seconds since the breaker opened (null while closed). ``in_flight``, ``queue_depth``,
     ``limiter_utilization`` and the latency percentiles (seconds) are null until the
-    supervisor reports them.
+    supervisor reports them. ``recent`` (rolling rates, error rate, sparkline series) and
+    ``limiter`` (use by limit, a 429 pause) are null when not reported; ``recent`` also when
+    nothing happened in the window's whole span.
     """
 
     name: str
@@ -252,20 +255,29 @@ class EndpointState:
     latency_p50: float | None = None
     latency_p95: float | None = None
     latency_p99: float | None = None
+    recent: RecentState | None = None
+    limiter: LimiterState | None = None
 
 
 @attrs.frozen(kw_only=True)
 class Snapshot:
-    """The state of every endpoint at ``wall`` (Unix time) on node ``node_id``."""
+    """The state of every endpoint at ``wall`` (Unix time) on node ``node_id``, and of every
+    deployment (null when the server reports none)."""
 
     node_id: str
     wall: float
     endpoints: list[EndpointState]
+    deployments: list[DeploymentState] | None = None
 
 
 @attrs.frozen(kw_only=True)
 class WelcomeFrame:
-    """Answer to a good ``hello``: the connection's ``role`` and a first snapshot."""
+    """Answer to a good ``hello``: the connection's ``role`` and a first snapshot.
+
+    ``history`` holds the server's recent ``transition`` and ``command`` frames (the last
+    200, oldest first) so a console that connects late shows what happened before it came;
+    null from a server that keeps none.
+    """
 
     TYPE: ClassVar[str] = "welcome"
     protocol: int
@@ -273,6 +285,7 @@ class WelcomeFrame:
     server: str
     stats_interval: float
     snapshot: Snapshot
+    history: "list[HistoryFrame] | None" = None
 
 
 @attrs.frozen(kw_only=True)
@@ -310,6 +323,10 @@ class CommandFrame:
     duration: float | None
 
 
+HistoryFrame: TypeAlias = TransitionFrame | CommandFrame
+"""What a welcome's ``history`` holds (each entry tagged with its ``"type"``)."""
+
+
 @attrs.frozen(kw_only=True)
 class StatsFrame:
     """Periodic snapshot (about once per ``stats_interval``), same fields as :class:`Snapshot`."""
@@ -318,6 +335,7 @@ class StatsFrame:
     node_id: str
     wall: float
     endpoints: list[EndpointState]
+    deployments: list[DeploymentState] | None = None
 
 
 @attrs.frozen(kw_only=True)

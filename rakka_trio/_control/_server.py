@@ -37,6 +37,7 @@ from ._connection import (
 )
 from ._feed import Feed
 from ._guards import LogLimiter, normalize_origins, peer_key
+from ._metrics_http import MetricsHttp
 from ._transport import listener_address, open_listeners, stream_peer
 
 log = logging.getLogger("rakka_trio.control")
@@ -77,6 +78,7 @@ class ControlServer:
         hello_timeout: float,
         send_timeout: float,
         tls: bool,
+        metrics_public: bool = False,
     ) -> None:
         self._tls = tls
         self._scope = trio.CancelScope()
@@ -104,6 +106,13 @@ class ControlServer:
             max_frame_size=max_message_size * _HARD_LIMIT_FACTOR,
             max_message_size=max_message_size,
             hello_timeout=hello_timeout,
+            metrics=lambda throttle: MetricsHttp(
+                sup,
+                token_digest=token_digest,
+                public=metrics_public,
+                throttle=throttle,
+                log_limiter=self._log,
+            ),
         )
         self._host = ""
         self._port = 0
@@ -238,6 +247,7 @@ async def serve_control(
     event_buffer: int = 256,
     hello_timeout: float = 10.0,
     send_timeout: float = 30.0,
+    metrics_public: bool = False,
     task_status: trio.TaskStatus[ControlServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control plane for ``sup`` until cancelled (or :meth:`ControlServer.close`).
@@ -271,6 +281,8 @@ async def serve_control(
     * ``hello_timeout``: time allowed for the websocket handshake and the ``hello``
       together, from the moment the TCP connection is accepted.
     * ``send_timeout``: a client that does not take a frame within this long is disconnected.
+    * ``metrics_public``: serve ``GET /metrics`` (Prometheus text, on the same port) without
+      the token; by default it needs ``Authorization: Bearer TOKEN`` (401 otherwise).
 
     A failed hello (a wrong token, or none where viewers are not allowed) delays the next
     hello from the same peer, doubling from 50 ms up to 2 s.
@@ -315,6 +327,7 @@ async def serve_control(
         hello_timeout=float(hello_timeout),
         send_timeout=float(send_timeout),
         tls=ssl_context is not None,
+        metrics_public=bool(metrics_public),
     )
     if ssl_context is None and not _is_loopback(host):
         log.warning(

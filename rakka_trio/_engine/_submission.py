@@ -317,7 +317,7 @@ class Submission(trio.abc.ReceiveChannel[StreamChunk]):
         except BaseException as exc:
             # Refused everywhere: no handle is returned, so the deployment's count is here.
             if self._meter is not None:
-                self._meter.requests[outcome_of(exc)] += 1
+                self._meter.count(outcome_of(exc), exc)
             raise
 
     async def _admit(self) -> None:
@@ -495,4 +495,4 @@ class Submission(trio.abc.ReceiveChannel[StreamChunk]):
         )
         if self._meter is not None:
             label = "cancelled" if status == "cancelled" else outcome_of(error, self.finish_reason)
-            self._meter.requests[label] += 1
+            self._meter.count(label, error)

@@ -33,6 +33,8 @@ from rakka_trio._credentials import Secret
 from rakka_trio._redact import redact
 
 from ._guest import TrioGuest
+from ._incident import IncidentPanel
+from ._incident_view import last_serving_warning
 from ._link import Backoff, Connector, ControlLink
 from ._model import CommandDone, CommandRequest, CommandSent, LinkStatus, Model, reduce
 from ._model import Input as ModelInput
@@ -239,6 +241,7 @@ class RakkaTui(App[int]):
         )
         yield DataTable(id="endpoints", cursor_type="row", zebra_stripes=True)
         yield Static("", id="empty")
+        yield IncidentPanel(id="incident")
         yield Static("Events", id="log-title")
         yield RichLog(id="log", max_lines=_LOG_LINES, wrap=False, markup=False, highlight=False)
         yield Footer(show_command_palette=False)
@@ -364,6 +367,7 @@ class RakkaTui(App[int]):
         status = [Cell(redact(c.text), c.style) for c in status_cells(self._model, self._url, now)]
         self.query_one("#status", Static).update(_text(status))
         self._redraw_table(now)
+        self.query_one(IncidentPanel).show(self._model, self.selected_endpoint())
         can_command = self._model.can_command
         if can_command != self._could_command:
             self._could_command = can_command
@@ -431,6 +435,11 @@ class RakkaTui(App[int]):
     def shown_columns(self) -> tuple[str, ...]:
         """Titles of the table columns on screen now (narrow terminals hide some)."""
         return self._layout.titles
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """Show the breakdown of the endpoint under the cursor."""
+        if self._drawable:
+            self.query_one(IncidentPanel).show(self._model, self.selected_endpoint())
 
     def on_resize(self, event: events.Resize) -> None:
         """Fit the columns to the new width."""
@@ -521,10 +530,11 @@ class RakkaTui(App[int]):
 
     def _check_last_serving(self, request: CommandRequest | None) -> None:
         """Send ``request``, after two more confirmations when it would force open the last
-        endpoint that can still serve (nothing would be left to fail over to)."""
+        endpoint that can still serve a deployment (nothing would be left to fail over to)."""
         if request is None:
             return
-        if request.kind != "force_open" or not self._model.is_last_serving(request.endpoint):
+        warning = last_serving_warning(self._model, request.endpoint)
+        if request.kind != "force_open" or warning is None:
             self._send(request)
             return
         name = safe_text(request.endpoint)
@@ -546,15 +556,7 @@ class RakkaTui(App[int]):
                     second,
                 )
 
-        self.push_screen(
-            ConfirmScreen(
-                f"Warning: {name} is the last endpoint serving",
-                f"Every other endpoint is open or forced open. Forcing {name} open leaves "
-                "nothing to serve or fail over to: every request will fail. Continue?",
-                confirm_label="Continue",
-            ),
-            first,
-        )
+        self.push_screen(ConfirmScreen(*warning, confirm_label="Continue"), first)
 
     def _target(self) -> str | None:
         endpoint = self.selected_endpoint()

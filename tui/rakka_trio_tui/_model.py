@@ -169,10 +169,14 @@ class EndpointView:
 @attrs.frozen(kw_only=True)
 class Model:
     """Everything the screen shows except the log (which is append-only and lives in the
-    log widget): the connection and the endpoints in the server's order."""
+    log widget): the connection, the endpoints in the server's order and the deployments.
+    ``last_event_wall`` is the server time of the latest transition or command logged (a
+    reconnection's history skips what the log already has)."""
 
     link: LinkState = LinkState()
     endpoints: tuple[EndpointView, ...] = ()
+    deployments: tuple[proto.DeploymentState, ...] = ()
+    last_event_wall: float | None = None
 
     @property
     def can_command(self) -> bool:
@@ -186,12 +190,28 @@ class Model:
                 return view
         return None
 
+    def _serving(self, name: str) -> bool:
+        view = self.endpoint(name)
+        return view is not None and view.state.state in SERVING_STATES
+
+    def deployments_left_without(self, name: str) -> tuple[str, ...]:
+        """The deployments for which ``name`` is the last endpoint that still takes calls:
+        forcing it open would leave them nothing to serve (or fail over to)."""
+        if not self._serving(name):
+            return ()
+        return tuple(
+            dep.name
+            for dep in self.deployments
+            if name in dep.endpoints
+            and not any(self._serving(other) for other in dep.endpoints if other != name)
+        )
+
     def is_last_serving(self, name: str) -> bool:
         """True when ``name`` still takes calls and no other known endpoint does: forcing it
         open would leave nothing to serve (or fail over to).
 
-        The snapshot does not say which endpoints form a deployment, so this looks at every
-        endpoint of the server; with one deployment (the common case) that is the same.
+        This looks at every endpoint of the server; with deployments in the snapshot,
+        :meth:`deployments_left_without` says which deployments would be left with nothing.
         """
         target = self.endpoint(name)
         if target is None or target.state.state not in SERVING_STATES:
@@ -228,8 +248,15 @@ def _views(
     )
 
 
-def _with_endpoints(model: Model, endpoints: Sequence[proto.EndpointState], now: float) -> Model:
-    return attrs.evolve(model, endpoints=_views(endpoints, now))
+def _with_endpoints(
+    model: Model,
+    endpoints: Sequence[proto.EndpointState],
+    now: float,
+    deployments: Sequence[proto.DeploymentState] | None = None,
+) -> Model:
+    return attrs.evolve(
+        model, endpoints=_views(endpoints, now), deployments=tuple(deployments or ())
+    )
 
 
 def _replace_endpoint(model: Model, name: str, view: EndpointView) -> Model:
@@ -301,16 +328,42 @@ def _command_line(frame: proto.CommandFrame) -> LogLine:
     )
 
 
+def _seen(model: Model, wall: float) -> Model:
+    if model.last_event_wall is not None and model.last_event_wall >= wall:
+        return model
+    return attrs.evolve(model, last_event_wall=wall)
+
+
+def _history(
+    model: Model, frames: Iterable[proto.TransitionFrame | proto.CommandFrame]
+) -> tuple[Model, tuple[LogLine, ...]]:
+    """Log lines for a welcome's history (what happened before we connected), skipping what
+    the log already has from an earlier connection."""
+    lines: list[LogLine] = []
+    for frame in frames:
+        if model.last_event_wall is not None and frame.wall <= model.last_event_wall:
+            continue
+        if isinstance(frame, proto.TransitionFrame):
+            lines.append(_transition_line(frame))
+        elif isinstance(frame, proto.CommandFrame):
+            lines.append(_command_line(frame))
+        else:
+            continue
+        model = _seen(model, frame.wall)
+    return model, tuple(lines)
+
+
 def _frame(
     model: Model, frame: proto.ServerFrame | proto.UnknownFrame, now: float
 ) -> tuple[Model, tuple[LogLine, ...]]:
     model = attrs.evolve(model, link=attrs.evolve(model.link, last_frame_at=now))
     if isinstance(frame, proto.StatsFrame):
-        return _with_endpoints(model, frame.endpoints, now), ()
+        return _with_endpoints(model, frame.endpoints, now, frame.deployments), ()
     if isinstance(frame, proto.TransitionFrame):
-        return _apply_transition(model, frame, now), (_transition_line(frame),)
+        model = _apply_transition(_seen(model, frame.wall), frame, now)
+        return model, (_transition_line(frame),)
     if isinstance(frame, proto.CommandFrame):
-        return model, (_command_line(frame),)
+        return _seen(model, frame.wall), (_command_line(frame),)
     if isinstance(frame, proto.LaggedFrame):
         line = LogLine(
             wall=frame.wall,
@@ -337,10 +390,12 @@ def _frame(
         text = f"server error {frame.code}: {frame.message}"
         return model, (LogLine(wall=None, endpoint=None, text=safe_text(text), style="red"),)
     if isinstance(frame, proto.WelcomeFrame):
-        return _with_endpoints(model, frame.snapshot.endpoints, now), ()
+        snapshot = frame.snapshot
+        return _with_endpoints(model, snapshot.endpoints, now, snapshot.deployments), ()
     if isinstance(frame, proto.AckFrame):
         if frame.snapshot is not None:
-            return _with_endpoints(model, frame.snapshot.endpoints, now), ()
+            snapshot = frame.snapshot
+            return _with_endpoints(model, snapshot.endpoints, now, snapshot.deployments), ()
         return model, ()
     # An unknown frame type: a newer server. Nothing to show; the table keeps working.
     return model, ()
@@ -371,9 +426,12 @@ def reduce(model: Model, event: Input, now: float) -> tuple[Model, tuple[LogLine
         )
         text = f"connected as {new_link.role} to {new_link.server} (node {new_link.node_id})"
         line = LogLine(wall=None, endpoint=None, text=text, style="green")
-        return _with_endpoints(
-            attrs.evolve(model, link=new_link), welcome.snapshot.endpoints, now
-        ), (line,)
+        model, earlier = _history(attrs.evolve(model, link=new_link), welcome.history or ())
+        snapshot = welcome.snapshot
+        return _with_endpoints(model, snapshot.endpoints, now, snapshot.deployments), (
+            *earlier,
+            line,
+        )
     if isinstance(event, Disconnected):
         reason = safe_text(event.reason)
         if event.retry_in is None:
@@ -394,7 +452,8 @@ def reduce(model: Model, event: Input, now: float) -> tuple[Model, tuple[LogLine
             LogLine(wall=None, endpoint=None, text=text, style="bold red"),
         )
     if isinstance(event, SnapshotReceived):
-        return _with_endpoints(model, event.snapshot.endpoints, now), ()
+        snapshot = event.snapshot
+        return _with_endpoints(model, snapshot.endpoints, now, snapshot.deployments), ()
     if isinstance(event, CommandSent):
         line = LogLine(
             wall=None, endpoint=None, text=f"sent {event.request.describe()}", style="cyan"

@@ -182,24 +182,36 @@ Keys
   q        quit (also Ctrl-C, Ctrl-Q)
 
 Durations: {DURATION_HELP}; blank means until reset.
-Forcing open the last endpoint that can still serve asks twice.
+Forcing open the last endpoint that can still serve a deployment
+asks twice.
 f, r and d need an operator token (--token or RAKKA_TOKEN); a
 read-only (viewer) connection shows them greyed out.
 
-Columns (a narrow terminal hides PROVIDER first, then TRIPS,
-RPM/TPM, NOTE, REJECTED, FAIL RATE and OPEN UNTIL)
+Columns (a narrow terminal hides PROVIDER first, then REQ/S,
+TRIPS, LIMIT, FAIL RATE, NOTE, REJECTED, TREND, OPEN UNTIL, ERR%)
   FAILS       consecutive failures (total in parentheses)
   FAIL RATE   failure rate over the breaker's window, and the
               calls in that window
+  ERR%        share of recent requests that failed (last 10 s)
+  REQ/S       recent requests per second
+  TREND       requests per 10 s, oldest first; red when most of
+              the latest ones failed
   OPEN UNTIL  time left in an open, half-open, forced or
               disabled state
-  RPM/TPM     utilisation of the busiest rate limit
+  LIMIT       the busiest rate limit (RPM, TPM, CONC); ↓ when
+              the provider's headers lowered it; paused after
+              a 429
   IN-FLIGHT   calls in progress (and queued)
   P95         95th-percentile latency
   TRIPS       times the breaker opened on its own
   REJECTED    calls the breaker failed fast (they fail over)
   NOTE        reason and operator of a forced state
   {MISSING}           the server did not report this figure
+
+Under the table: the selected endpoint's attempts per second by
+cause, retries, latency and limits; then each deployment: how
+many endpoints can serve, success rate, and where requests fail
+over (from → to, cause, per second and in all).
 
 When the connection drops it is retried with backoff; the header
 says "reconnecting" and the table keeps the last known state.

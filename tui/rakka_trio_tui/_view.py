@@ -15,6 +15,7 @@ from rich.cells import cell_len
 
 from rakka_trio._control import _protocol as proto
 
+from ._incident_view import error_piece, limit_piece, rate_piece, trend_piece
 from ._model import EndpointView, LinkState, LinkStatus, LogLine, Model
 from ._text import (
     MISSING,
@@ -30,6 +31,7 @@ from ._text import (
 __all__ = [
     "COLUMNS",
     "COLUMN_PRIORITY",
+    "DISPLAY_ORDER",
     "Cell",
     "ColumnLayout",
     "Row",
@@ -48,14 +50,38 @@ COLUMNS: Final = (
     "FAILS",
     "FAIL RATE",
     "OPEN UNTIL",
-    "RPM/TPM",
+    "LIMIT",
+    "IN-FLIGHT",
+    "P95",
+    "TRIPS",
+    "REJECTED",
+    "NOTE",
+    "ERR%",
+    "REQ/S",
+    "TREND",
+)
+"""Column titles of the endpoint table (:attr:`Row.cells` follows this order; the incident
+columns came last so the others kept their places)."""
+
+DISPLAY_ORDER: Final = (
+    "ENDPOINT",
+    "PROVIDER",
+    "STATE",
+    "FAILS",
+    "FAIL RATE",
+    "ERR%",
+    "REQ/S",
+    "TREND",
+    "OPEN UNTIL",
+    "LIMIT",
     "IN-FLIGHT",
     "P95",
     "TRIPS",
     "REJECTED",
     "NOTE",
 )
-"""Column titles of the endpoint table, in display order (:attr:`Row.cells` follows it)."""
+"""The order in which the shown columns are drawn, left to right."""
+_POSITION: Final = {COLUMNS.index(title): i for i, title in enumerate(DISPLAY_ORDER)}
 
 _NOTE: Final = COLUMNS.index("NOTE")
 
@@ -65,12 +91,15 @@ COLUMN_PRIORITY: Final = (
     "FAILS",
     "P95",
     "IN-FLIGHT",
+    "ERR%",
     "OPEN UNTIL",
-    "FAIL RATE",
+    "TREND",
     "REJECTED",
     "NOTE",
-    "RPM/TPM",
+    "FAIL RATE",
+    "LIMIT",
     "TRIPS",
+    "REQ/S",
     "PROVIDER",
 )
 """The order in which columns claim the terminal's width: on a narrow terminal the last ones
@@ -142,14 +171,6 @@ def _rate_cell(ep: proto.EndpointState) -> Cell:
     return Cell(f"{format_percent(ep.failure_rate)} of {ep.calls_in_window}", style)
 
 
-def _limit_cell(ep: proto.EndpointState) -> Cell:
-    value = ep.limiter_utilization
-    if value is None:
-        return Cell(MISSING)
-    style = "red" if value >= 0.95 else "yellow" if value >= 0.8 else ""
-    return Cell(format_percent(value), style)
-
-
 def _in_flight_cell(ep: proto.EndpointState) -> Cell:
     if ep.in_flight is None:
         return Cell(MISSING)
@@ -182,13 +203,16 @@ def table_rows(model: Model, now: float, filter_text: str = "") -> list[Row]:
             _fails_cell(ep),
             _rate_cell(ep),
             _until_cell(view, now),
-            _limit_cell(ep),
+            Cell(*limit_piece(ep)),
             _in_flight_cell(ep),
             Cell(format_latency(ep.latency_p95)),
             Cell(str(ep.trips)),
             # Calls the breaker failed fast: during a drill this is the traffic moving away.
             Cell(str(ep.rejected), "magenta" if ep.rejected else ""),
             _note_cell(ep),
+            Cell(*error_piece(ep)),
+            Cell(*rate_piece(ep)),
+            Cell(*trend_piece(ep)),
         )
         rows.append(Row(key=ep.name, cells=cells))
     return rows
@@ -271,8 +295,9 @@ def fit_columns(rows: Sequence[Row], width: int) -> ColumnLayout:
     Columns claim the width in :data:`COLUMN_PRIORITY` order, each as wide as its title or
     widest cell plus padding (NOTE at most ``_NOTE_CLAIM``); one that does not fit is hidden
     and the next may still fit. Width left over widens NOTE up to its longest text. So an
-    80-column terminal keeps state, failures, p95 latency and in-flight calls, and the
-    provider is the first column to go. The endpoint name is always shown.
+    80-column terminal keeps state, failures, p95 latency, in-flight calls and the recent
+    error rate, and the provider is the first column to go. The endpoint name is always
+    shown.
     """
     natural = [
         max([cell_len(title), *(cell_len(row.cells[i].text) for row in rows)])
@@ -289,7 +314,9 @@ def fit_columns(rows: Sequence[Row], width: int) -> ColumnLayout:
             used += need
     if _NOTE in chosen:
         note_width = min(natural[_NOTE], note_width + max(0, width - used))
-    return ColumnLayout(columns=tuple(sorted(chosen)), note_width=note_width)
+    return ColumnLayout(
+        columns=tuple(sorted(chosen, key=_POSITION.__getitem__)), note_width=note_width
+    )
 
 
 def _stale_for(link: LinkState, now: float) -> float | None:
