@@ -12,6 +12,16 @@ from ._codec import (
     peek_id,
     to_dict,
 )
+from ._fleet_schema import (
+    FLEET,
+    NODE,
+    SCOPES,
+    FleetEndpointState,
+    FleetNodeEndpointState,
+    FleetNodeState,
+    FleetOverrideState,
+    FleetSnapshot,
+)
 from ._frames import endpoint_state, frame_from_event, snapshot_from_statistics
 from ._schema import (
     CLIENT_TYPES,
@@ -50,13 +60,16 @@ from ._schema import (
 
 __all__ = [
     "CLIENT_TYPES",
+    "FLEET",
     "MAX_CLIENT_LENGTH",
     "MAX_DURATION",
     "MAX_ENDPOINT_LENGTH",
     "MAX_ID_LENGTH",
     "MAX_REASON_LENGTH",
     "MAX_TOKEN_LENGTH",
+    "NODE",
     "PROTOCOL_VERSION",
+    "SCOPES",
     "SERVER_TYPES",
     "AckFrame",
     "ClientMessage",
@@ -67,6 +80,11 @@ __all__ = [
     "EndpointState",
     "ErrorCode",
     "ErrorFrame",
+    "FleetEndpointState",
+    "FleetNodeEndpointState",
+    "FleetNodeState",
+    "FleetOverrideState",
+    "FleetSnapshot",
     "ForceOpen",
     "GetState",
     "Hello",

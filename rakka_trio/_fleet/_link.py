@@ -19,6 +19,7 @@ persistence) are stored again, newest first, so the fleet re-converges.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
@@ -45,7 +46,7 @@ from ._records import (
     parse_ack,
 )
 from ._redis import new_client, redis_failure, reraise_without_redis_noise
-from ._types import FleetLinkChanged, FleetLinkStatistics, FleetView
+from ._types import FleetLinkChanged, FleetLinkStatistics, FleetView, wall_until
 from ._view import node_record
 
 __all__ = ["FleetLink"]
@@ -525,7 +526,16 @@ class FleetLink:
                 "from": event.from_state.value,
                 "to": event.to_state.value,
                 "cause": event.cause,
+                "consecutive_failures": str(event.consecutive_failures),
+                "calls_in_window": str(event.calls_in_window),
+                "trips": str(event.trips),
             }
+            if event.failure_rate is not None:
+                fields["failure_rate"] = repr(round(event.failure_rate, 4))
+            if event.open_until is not None:
+                # A Unix time (other machines read it), or "inf": until reset.
+                until = wall_until(event.open_until, event.at, event.wall)
+                fields["open_until"] = "inf" if until == math.inf else repr(until)
             if event.actor is not None:
                 fields["actor"] = event.actor
             if event.reason is not None:
