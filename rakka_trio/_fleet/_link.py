@@ -130,6 +130,7 @@ class FleetLink:
         self._hostname = socket.gethostname()
         self._subscription: Subscription | None = host.subscribe() if host else None
         self.control_url: str | None = None
+        self._session_scope: trio.CancelScope | None = None
 
     # --- state -----------------------------------------------------------------------------
 
@@ -213,6 +214,15 @@ class FleetLink:
 
     def _new_client(self) -> coredis.Redis[bytes]:
         return new_client(self._url, self.timeout)
+
+    def session_failed(self, error: str) -> None:
+        """A read or command on the session failed (Redis down or stalled): mark the link
+        down now and end the session, which reconnects with backoff. An observer sends
+        nothing on its own, so without this a stalled Redis would go unnoticed."""
+        if self._up:
+            self._mark_down(error)
+        if self._session_scope is not None:
+            self._session_scope.cancel()
 
     # --- overrides -----------------------------------------------------------------------------
 
@@ -362,7 +372,10 @@ class FleetLink:
                 delay = RETRY_MIN
                 while True:
                     started = trio.current_time()
-                    error = await self._session()
+                    error = "a read on the session failed"  # when session_failed ended it
+                    with trio.CancelScope() as self._session_scope:
+                        error = await self._session()
+                    self._session_scope = None
                     self._mark_down(error)
                     if trio.current_time() - started > 10 * RETRY_MAX:
                         delay = RETRY_MIN  # it was up a good while: retry soon
