@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         "are small so that two demos on one Redis visibly share them; refused if Redis "
         "cannot be reached",
     )
+    demo.add_argument(
+        "--fleet",
+        metavar="NAME",
+        default=None,
+        help="join fleet NAME through --redis: run two demos with the same name and force an "
+        "endpoint open on both from one console (`force-open URL primary --fleet`)",
+    )
     demo.add_argument("--seed", type=int, default=1, help="random seed for the load generator")
     demo.add_argument(
         "--concurrency", type=_loops, default=8, help="concurrent request loops (default 8)"
@@ -139,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 concurrency=args.concurrency,
                 redis_url=args.redis,
                 tui=args.tui,
+                fleet=args.fleet,
             )
         except BaseException as exc:
             # A Ctrl-C before the demo watches for signals (or after): no traceback.

@@ -20,7 +20,13 @@ __all__ = ["run_with_tui"]
 
 
 def run_with_tui(
-    *, duration: float, seed: int, concurrency: int, redis_url: str | None, console: Console
+    *,
+    duration: float,
+    seed: int,
+    concurrency: int,
+    redis_url: str | None,
+    console: Console,
+    fleet: str | None = None,
 ) -> int:
     """The demo in a worker thread (its own Trio run) and the TUI in this one, attached to the
     demo's control server. The demo's own output is kept until the TUI closes, then printed.
@@ -50,6 +56,7 @@ def run_with_tui(
                     redis_url=redis_url,
                     live=False,
                     on_ready=on_ready,
+                    fleet=fleet,
                 )
             )
 
