@@ -162,6 +162,25 @@ async def test_node_scope_stays_exactly_v1_on_a_fleet_node(redis_server: RedisSe
             assert sups[1].breaker("a").state is rk.BreakerState.CLOSED
 
 
+async def test_node_scope_connections_coming_and_going_never_stall_the_fleet_feed(
+    redis_server: RedisServer,
+) -> None:
+    with trio.fail_after(30):
+        async with fleet_with_console(redis_server.url) as (_sups, srv):
+            for _ in range(2):
+                async with peer(srv.url) as node_scope:
+                    assert "scope" not in await node_scope.hello()
+            async with peer(srv.url) as p:
+                assert (await fleet_hello(p))["scope"] == "fleet"
+                for _ in range(2):
+                    assert (await p.recv_type("stats"))["scope"] == "fleet"
+            async with peer(srv.url) as node_scope:
+                assert "scope" not in await node_scope.hello()
+            async with peer(srv.url) as p:
+                assert (await fleet_hello(p))["scope"] == "fleet"
+                assert (await p.recv_type("stats"))["scope"] == "fleet"
+
+
 async def test_fleet_scope_on_a_server_without_a_fleet_is_a_clear_error() -> None:
     endpoints = [rk.EndpointConfig(name="a", provider="openai", base_url="http://127.0.0.1:1")]
     config = rk.SupervisorConfig(endpoints=endpoints, stats_interval=3600.0)

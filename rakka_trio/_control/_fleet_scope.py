@@ -311,7 +311,9 @@ class FleetScope:
         return self._bus.subscribe(buffer=buffer, stats=False)
 
     def detach(self, conn: _Connection) -> None:
-        """``conn`` is no longer served."""
+        """``conn`` is no longer served (a no-op for a node-scope connection)."""
+        if conn not in self.connections:
+            return  # never fleet-scope: the feed may be waiting on the current event
         self.connections.discard(conn)
         if not self.connections:
             self._present = trio.Event()

@@ -18,8 +18,10 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, ClassVar
 
+import attrs
 from rich.cells import cell_len
 from rich.text import Text
 from textual import events
@@ -32,9 +34,10 @@ from rakka_trio import open_control_client
 from rakka_trio._credentials import Secret
 from rakka_trio._redact import redact
 
+from ._fleet import FleetTable, fleet_empty_text, fleet_status_cells
 from ._guest import TrioGuest
-from ._link import Backoff, Connector, ControlLink
-from ._model import CommandDone, CommandRequest, CommandSent, LinkStatus, Model, reduce
+from ._link import Backoff, ClientLike, Connector, ControlLink
+from ._model import CommandDone, CommandRequest, CommandSent, LinkStatus, LogLine, Model, reduce
 from ._model import Input as ModelInput
 from ._screens import CommandScreen, ConfirmScreen, HelpScreen
 from ._text import display_url, safe_text
@@ -80,14 +83,17 @@ def default_connector(
     *,
     client_name: str = DEFAULT_CLIENT_NAME,
     ssl_context: ssl.SSLContext | None = None,
+    scope: str | None = None,
 ) -> Connector:
-    """A connector that opens a real control-plane connection to ``url``."""
+    """A connector that opens a real control-plane connection to ``url`` (``scope="fleet"``:
+    every node of the server's fleet)."""
     return functools.partial(
         open_control_client,
         url,
         token=token,
         client_name=client_name,
         ssl_context=ssl_context,
+        scope=scope,
     )
 
 
@@ -134,6 +140,7 @@ class RakkaTui(App[int]):
         Binding("d", "disable", "Disable"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("s", "toggle_scope", "Node/fleet", show=False),
         Binding("q", "quit", "Quit"),
         # Textual's default Ctrl-C only tells you to press Ctrl-Q; operators expect it to quit.
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -151,8 +158,13 @@ class RakkaTui(App[int]):
         height: auto;
         max-height: 60%;
     }
-    #endpoints.stale {
+    #endpoints.stale, #fleet.stale {
         opacity: 60%;
+    }
+    #fleet {
+        display: none;
+        height: auto;
+        max-height: 60%;
     }
     #empty {
         height: auto;
@@ -183,6 +195,7 @@ class RakkaTui(App[int]):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         exit_when: Callable[[], str | None] | None = None,
+        scope: str | None = None,
     ) -> None:
         super().__init__()
         secret = Secret(token) if isinstance(token, str) else token  # registers it for redact
@@ -203,9 +216,16 @@ class RakkaTui(App[int]):
         self._mounted = False
         self._redraw_pending = False
         self._guest = TrioGuest()
-        connector = connect or default_connector(
-            url, secret, client_name=client_name, ssl_context=ssl_context
-        )
+        # "node" or "fleet": asked of the server at each connection; s toggles it.
+        self._scope = "fleet" if scope == "fleet" else "node"
+
+        def fleet_aware() -> AbstractAsyncContextManager[ClientLike]:
+            fleet = "fleet" if self._scope == "fleet" else None
+            return default_connector(
+                url, secret, client_name=client_name, ssl_context=ssl_context, scope=fleet
+            )()
+
+        connector = connect or fleet_aware
         self._link = ControlLink(connector, self._emit, backoff=backoff, rng=rng, scrub=self._scrub)
 
     # --- state seen by tests and the CLI ------------------------------------------------------
@@ -238,6 +258,7 @@ class RakkaTui(App[int]):
             placeholder="filter: endpoint, provider or state (Esc clears)", id="filter"
         )
         yield DataTable(id="endpoints", cursor_type="row", zebra_stripes=True)
+        yield FleetTable(lambda: self._model.fleet, id="fleet")
         yield Static("", id="empty")
         yield Static("Events", id="log-title")
         yield RichLog(id="log", max_lines=_LOG_LINES, wrap=False, markup=False, highlight=False)
@@ -361,7 +382,8 @@ class RakkaTui(App[int]):
         if not self._drawable:
             return
         now = self._clock()
-        status = [Cell(redact(c.text), c.style) for c in status_cells(self._model, self._url, now)]
+        header = fleet_status_cells if self._model.fleet is not None else status_cells
+        status = [Cell(redact(c.text), c.style) for c in header(self._model, self._url, now)]
         self.query_one("#status", Static).update(_text(status))
         self._redraw_table(now)
         can_command = self._model.can_command
@@ -379,6 +401,9 @@ class RakkaTui(App[int]):
 
     def _redraw_table(self, now: float) -> None:
         table = self.query_one("#endpoints", DataTable)
+        fleet = self.query_one("#fleet", FleetTable)
+        if self._redraw_fleet(table, fleet):
+            return
         rows = table_rows(self._model, now, self._filter)
         keys = [row.key for row in rows]
         layout = fit_columns(rows, self._table_width(len(rows)))
@@ -439,6 +464,8 @@ class RakkaTui(App[int]):
 
     def selected_endpoint(self) -> str | None:
         """The endpoint under the table's cursor, if any."""
+        if self._model.fleet is not None:
+            return self.query_one("#fleet", FleetTable).selected()
         table = self.query_one("#endpoints", DataTable)
         if table.row_count == 0:
             return None
@@ -567,6 +594,8 @@ class RakkaTui(App[int]):
     def _send(self, request: CommandRequest | None) -> None:
         if request is None:
             return
+        if self._model.fleet is not None:
+            request = attrs.evolve(request, scope="fleet")  # fleet mode acts on every node
         if not self._model.can_command:
             # The connection dropped while the dialog was open.
             self._apply(CommandDone(request=request, ok=False, error="not connected"))
@@ -578,3 +607,38 @@ class RakkaTui(App[int]):
     def _command_done(self, done: CommandDone) -> None:
         # Called by Trio code, on this thread.
         self.post_message(LinkEvent(done))
+
+    # --- fleet mode (see _fleet) ----------------------------------------------------------------
+
+    @property
+    def scope(self) -> str:
+        """``"node"`` or ``"fleet"``: the scope asked of the server (``s`` toggles it)."""
+        return self._scope
+
+    def _redraw_fleet(self, table: DataTable[Text], fleet: FleetTable) -> bool:
+        """Show the fleet table instead of the endpoint table while the server feeds the
+        fleet; ``True`` when it did."""
+        snapshot = self._model.fleet
+        fleet_mode = snapshot is not None
+        if fleet.display != fleet_mode:
+            fleet.display = fleet_mode
+            table.display = not fleet_mode
+            (fleet if fleet_mode else table).focus()
+        if snapshot is None:
+            return False
+        fleet.set_class(self._model.link.status is not LinkStatus.CONNECTED, "stale")
+        fleet.show(snapshot, self._filter, self._wall_clock())
+        self.query_one("#empty", Static).update(Text(fleet_empty_text(self._model, self._filter)))
+        return True
+
+    def action_toggle_scope(self) -> None:
+        """Switch between this node and the whole fleet: reconnect asking for the other."""
+        self._scope = "node" if self._scope == "fleet" else "fleet"
+        self._model = Model()  # the other scope's figures come with the new welcome
+        self._row_keys = []
+        text = f"switching to {self._scope} scope: reconnecting"
+        self.query_one("#log", RichLog).write(
+            _text(log_cells(LogLine(wall=None, endpoint=None, text=text), self._wall_clock()))
+        )
+        self._redraw()
+        self._guest.call_soon(self._link.reconnect)
