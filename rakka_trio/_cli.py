@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
+        # One line, so a usage error stays short (argparse would wrap the generated one).
+        usage="%(prog)s [-h] [--duration SECONDS] [--tui] [--redis URL [--fleet NAME]] "
+        "[--seed N] [--concurrency N]",
         help="run the scripted incident demo (no keys; everything on 127.0.0.1)",
         description="Stream completions from a loopback mock provider through a supervisor "
         "while a scripted incident (503 storm, 429s, recovery) trips and recovers a breaker; "

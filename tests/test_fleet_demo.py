@@ -16,8 +16,6 @@ import trio
 import rakka_trio as rk
 from tests.conftest import RedisServer
 
-pytestmark = pytest.mark.trio
-
 CLI = [sys.executable, "-m", "rakka_trio._cli"]
 _COMMAND = re.compile(r"RAKKA_TOKEN=(\S+) rakka-trio force-open (ws://\S+) primary --fleet")
 
@@ -40,6 +38,7 @@ class Demo:
         return " ".join(self.output.decode().split())
 
 
+@pytest.mark.trio
 async def test_two_demos_and_one_console_a_fleet_force_open_fails_both_over(
     redis_server: RedisServer,
 ) -> None:
@@ -93,3 +92,29 @@ async def test_two_demos_and_one_console_a_fleet_force_open_fails_both_over(
         assert failed_over is not None, text
         assert int(failed_over.group(1)) > 0
         assert re.search(r"fallbacks from one endpoint to the next: .*primary:CircuitOpen", text)
+
+
+def test_demo_fleet_needs_redis(capsys: pytest.CaptureFixture[str]) -> None:
+    from rakka_trio import _cli
+
+    assert _cli.main(["demo", "--fleet", "prod", "--duration", "1"]) == 2
+    assert "--fleet needs --redis" in capsys.readouterr().err
+
+
+def test_a_fleet_override_that_made_requests_fail_over_is_a_successful_demo(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from rakka_trio._demo import DemoReport, exit_status
+
+    report = DemoReport(
+        outcomes={}, transitions=[], served=10, failed=0, trips=0, recoveries=0, tokens=0,
+        cost=0.0, failures={}, control_url="ws://127.0.0.1:1", fleet_failovers=0,
+    )  # fmt: skip
+    assert exit_status(report) == 1  # nothing happened: neither the storm nor the fleet
+    capsys.readouterr()
+    report = DemoReport(
+        outcomes={}, transitions=[], served=10, failed=0, trips=0, recoveries=0, tokens=0,
+        cost=0.0, failures={}, control_url="ws://127.0.0.1:1", fleet_failovers=12,
+    )  # fmt: skip
+    assert exit_status(report) == 0
+    assert capsys.readouterr().err == ""
