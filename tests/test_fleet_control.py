@@ -18,6 +18,7 @@ import pytest
 import trio
 
 import rakka_trio as rk
+from rakka_trio import _cli
 from tests.conftest import RedisServer
 from tests.control_helpers import TOKEN, Peer, operator, peer
 from tests.test_fleet_redis import fleet_name, node_config, nodes, registered
@@ -181,7 +182,9 @@ async def test_node_scope_connections_coming_and_going_never_stall_the_fleet_fee
                 assert (await p.recv_type("stats"))["scope"] == "fleet"
 
 
-async def test_fleet_scope_on_a_server_without_a_fleet_is_a_clear_error() -> None:
+async def test_fleet_scope_on_a_server_without_a_fleet_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     endpoints = [rk.EndpointConfig(name="a", provider="openai", base_url="http://127.0.0.1:1")]
     config = rk.SupervisorConfig(endpoints=endpoints, stats_interval=3600.0)
     with trio.fail_after(10):
@@ -209,6 +212,15 @@ async def test_fleet_scope_on_a_server_without_a_fleet_is_a_clear_error() -> Non
                 async with rk.open_control_client(srv.url, token=TOKEN, scope="fleet"):
                     pass
             assert info.value.code == "no_fleet"
+            # The CLI: exit 1, with the server's reason.
+            for argv in (
+                ["state", srv.url, "--fleet"],
+                ["events", srv.url, "--fleet"],
+                ["reset", srv.url, "a", "--fleet"],
+            ):
+                code = await trio.to_thread.run_sync(_cli.main, [*argv, "--token", TOKEN])
+                assert code == 1, argv
+                assert "no fleet" in capsys.readouterr().err
             nursery.cancel_scope.cancel()
 
 
@@ -345,3 +357,30 @@ async def test_redis_stalled_the_fleet_view_says_link_down_and_commands_fail_cle
                         break
                 assert stats["fleet"]["fresh"] is True
             nursery.cancel_scope.cancel()
+
+
+async def test_fleet_serve_refuses_bad_arguments_and_an_unreachable_redis(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.delenv("RAKKA_TOKEN", raising=False)
+    serve = ["fleet-serve", "--redis", "redis://127.0.0.1:1/0", "--fleet", "prod"]
+    assert await trio.to_thread.run_sync(_cli.main, serve) == 2
+    assert "no operator token" in capsys.readouterr().err
+    token = tmp_path / "token"
+    token.write_text("fleet-serve-token-1234\n")
+    bad = [
+        "fleet-serve",
+        "--redis",
+        "localhost:6379",
+        "--fleet",
+        "prod",
+        "--token-file",
+        str(token),
+    ]
+    assert await trio.to_thread.run_sync(_cli.main, bad) == 2
+    assert "--redis must be redis://" in capsys.readouterr().err
+    with trio.fail_after(20):
+        code = await trio.to_thread.run_sync(_cli.main, [*serve, "--token-file", str(token)])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "cannot reach Redis" in err and "fleet-serve-token" not in err

@@ -296,11 +296,13 @@ async def _serve(args: argparse.Namespace, token: str | None) -> int:
     from .._signals import shutdown_on_signals
     from ._fleet_server import serve_fleet_control
 
-    async with shutdown_on_signals() as shutdown, open_fleet(args.redis, args.fleet) as fleet:
+    async with open_fleet(args.redis, args.fleet) as fleet:
         if not fleet.statistics().link_up:
             _error(f"cannot reach Redis for fleet {args.fleet!r} (is it running?)")
             return EXIT_CONNECTION
-        async with trio.open_nursery() as nursery:
+        # Signals from here on (only the main thread may watch them; the check above may
+        # run anywhere): a signal stops serving, then the fleet link closes.
+        async with shutdown_on_signals() as shutdown, trio.open_nursery() as nursery:
             serve = functools.partial(
                 serve_fleet_control,
                 fleet,
