@@ -296,7 +296,9 @@ async def _serve(args: argparse.Namespace, token: str | None) -> int:
     from .._signals import shutdown_on_signals
     from ._fleet_server import serve_fleet_control
 
-    async with open_fleet(args.redis, args.fleet) as fleet:
+    # A generous Redis timeout: this process serves no requests, and the view of a big fleet
+    # is one large MGET (a timeout marks the link down until it reconnects).
+    async with open_fleet(args.redis, args.fleet, redis_timeout=1.0) as fleet:
         if not fleet.statistics().link_up:
             _error(f"cannot reach Redis for fleet {args.fleet!r} (is it running?)")
             return EXIT_CONNECTION

@@ -216,9 +216,13 @@ class FleetLink:
         return new_client(self._url, self.timeout)
 
     def session_failed(self, error: str) -> None:
-        """A read or command on the session failed (Redis down or stalled): mark the link
-        down now and end the session, which reconnects with backoff. An observer sends
-        nothing on its own, so without this a stalled Redis would go unnoticed."""
+        """A read or command on an observer's session failed (Redis down or stalled): mark
+        the link down now and end the session, which reconnects with backoff. An observer
+        sends nothing on its own, so without this a stalled Redis would go unnoticed. (A
+        node's heartbeat notices within a publish interval; one slow read by a console must
+        not tear down the session a node receives its commands on.)"""
+        if self.role == "node":
+            return
         if self._up:
             self._mark_down(error)
         if self._session_scope is not None:
