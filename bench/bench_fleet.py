@@ -13,13 +13,18 @@ issues the fleet commands. Measured in the same run:
   <= 2 s;
 * a fleet force-open (or reset) applied on all nodes: per node, from the command's issue to
   the node's ack stamp (both Unix time in this process), p99 over every node and command —
-  goal <= 1 s; and the slowest node of each command.
+  goal <= 1 s; and the slowest node of each command;
+* the same as an operator's console sees it through a fleet server
+  (``rk.serve_fleet_control`` and a fleet-scope ``rk.open_control_client``): the size of a
+  fleet ``stats`` frame, a change on one node until a stats frame shows it, and a fleet
+  force-open from the console until its ack (every node acked).
 
 A redis-server is started on a free 127.0.0.1 port for the run and stopped after.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import shutil
 import socket
@@ -37,6 +42,8 @@ WINDOW = 10.0  # seconds of steady state measured
 COMMANDS = 20
 CHANGES = 10
 FLEET = "bench"
+TOKEN = "bench-fleet-console-token"
+CONSOLE_COMMANDS = 5
 
 
 class RedisProcess:
@@ -202,7 +209,59 @@ async def _measure(redis: RedisProcess) -> dict[str, float]:
             results["apply_p99"] = _p(per_node, 0.99)
             results["apply_all_p99"] = _p(slowest, 0.99)
             results["missing"] = missing
+            results.update(await _console(fleet, sups))
         nursery.cancel_scope.cancel()
+    return results
+
+
+async def _console(fleet: rk.Fleet, sups: list[rk.Supervisor]) -> dict[str, float]:
+    """The fleet through a fleet server, as an operator's console sees it."""
+    from rakka_trio._control import _protocol as proto
+
+    results: dict[str, float] = {}
+    async with trio.open_nursery() as serving:
+        serve = functools.partial(rk.serve_fleet_control, fleet, "127.0.0.1", 0, token=TOKEN)
+        srv = await serving.start(serve)
+        async with rk.open_control_client(
+            srv.url, token=TOKEN, client_name="bench", scope="fleet", command_timeout=30
+        ) as console:
+
+            async def shows(node: str, name: str, state: str) -> proto.StatsFrame:
+                async for frame in console:
+                    if isinstance(frame, proto.StatsFrame) and frame.fleet is not None:
+                        ep = next(e for e in frame.fleet.endpoints if e.name == name)
+                        if any(f.node == node and f.state == state for f in ep.per_node):
+                            return frame
+                raise RuntimeError("the console's connection ended")
+
+            rng = random.Random(12)
+            changes: list[float] = []
+            frame: proto.StatsFrame | None = None
+            for _ in range(CHANGES):
+                sup = rng.choice(sups)
+                name = f"ep{rng.randrange(ENDPOINTS):02d}"
+                changed = time.perf_counter()
+                sup.force_open(name, 60.0, "bench", actor="bench")
+                frame = await shows(sup.node_id, name, "forced_open")
+                changes.append(time.perf_counter() - changed)
+                sup.reset(name)
+            assert frame is not None
+            results["frame_kib"] = len(proto.encode(frame)) / 1024
+            results["console_change_p50"] = statistics.median(changes)
+            results["console_change_max"] = max(changes)
+            acked: list[float] = []
+            missing = 0
+            for i in range(CONSOLE_COMMANDS):
+                name = f"ep{i:02d}"
+                sent = time.perf_counter()
+                ack = await console.force_open(name, 60.0, "bench", scope="fleet")
+                acked.append(time.perf_counter() - sent)
+                missing += len(ack.nodes_missing or ()) + NODES - len(ack.nodes_acked or ())
+                await console.reset(name, "bench", scope="fleet")
+            results["console_ack_p50"] = statistics.median(acked)
+            results["console_ack_max"] = max(acked)
+            results["console_missing"] = missing
+        serving.cancel_scope.cancel()
     return results
 
 
@@ -227,6 +286,13 @@ def run() -> None:
         ("force-open applied on all nodes, p99", r["apply_all_p99"] * 1e3, "ms", "<= 1000 ms",
          r["apply_all_p99"] <= 1.0),
         ("nodes missing an ack (all commands)", r["missing"], "", "0", r["missing"] == 0),
+        ("console (fleet-serve): stats frame size", r["frame_kib"], "KiB", "", True),
+        ("console: change on a node -> shown, p50", r["console_change_p50"], "s", "", True),
+        ("console: change on a node -> shown, max", r["console_change_max"], "s", "", True),
+        ("console: fleet force-open -> ack, p50", r["console_ack_p50"] * 1e3, "ms", "", True),
+        ("console: fleet force-open -> ack, max", r["console_ack_max"] * 1e3, "ms", "", True),
+        ("console: nodes missing an ack", r["console_missing"], "", "0",
+         r["console_missing"] == 0),
     ]  # fmt: skip
     print(f"\nP11 fleet: {NODES} simulated nodes x {ENDPOINTS} endpoints, one loopback Redis")
     print("anchor: Hystrix + Turbine refresh one dashboard over 476 servers in 1-2 s")

@@ -21,7 +21,7 @@ The names come in groups:
 * **control plane** — :func:`serve_control` and :func:`open_control_client`;
 * **shutdown** — :func:`shutdown_on_signals` for a graceful stop on SIGTERM/SIGINT;
 * **fleet** — :class:`FleetConfig`, ``sup.fleet`` (:class:`Fleet`), :func:`open_fleet`, the
-  fleet view and command results;
+  fleet view and command results, :func:`serve_fleet_control`;
 * **SSE** — the spec-exact :class:`SSEDecoder`;
 * **errors** — one hierarchy under :class:`RakkaError`.
 """
@@ -76,6 +76,7 @@ from ._control import (
     ControlUnknownEndpoint,
     open_control_client,
     serve_control,
+    serve_fleet_control,
 )
 from ._credentials import (
     CallableCredential,
@@ -335,6 +336,7 @@ __all__ = [
     "register_provider",
     "run_supervisor",
     "serve_control",
+    "serve_fleet_control",
     "shutdown_on_signals",
     "usage_cost",
 ]

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
+        # One line, so a usage error stays short (argparse would wrap the generated one).
+        usage="%(prog)s [-h] [--duration SECONDS] [--tui] [--redis URL [--fleet NAME]] "
+        "[--seed N] [--concurrency N]",
         help="run the scripted incident demo (no keys; everything on 127.0.0.1)",
         description="Stream completions from a loopback mock provider through a supervisor "
         "while a scripted incident (503 storm, 429s, recovery) trips and recovers a breaker; "
@@ -104,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         "background, admission at local speed), e.g. redis://127.0.0.1:6379/0; the budgets "
         "are small so that two demos on one Redis visibly share them; refused if Redis "
         "cannot be reached",
+    )
+    demo.add_argument(
+        "--fleet",
+        metavar="NAME",
+        default=None,
+        help="join fleet NAME through --redis: run two demos with the same name and force an "
+        "endpoint open on both from one console (`force-open URL primary --fleet`)",
     )
     demo.add_argument("--seed", type=int, default=1, help="random seed for the load generator")
     demo.add_argument(
@@ -139,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 concurrency=args.concurrency,
                 redis_url=args.redis,
                 tui=args.tui,
+                fleet=args.fleet,
             )
         except BaseException as exc:
             # A Ctrl-C before the demo watches for signals (or after): no traceback.

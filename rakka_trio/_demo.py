@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import secrets
-import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -27,6 +26,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ._config import FleetConfig
 from ._config._classes import (
     BreakerConfig,
     DeploymentConfig,
@@ -39,7 +39,8 @@ from ._config._classes import (
 )
 from ._control import ControlServer, serve_control
 from ._credentials import StaticCredential
-from ._demo_shared import SharedBudgets, check_redis_url, redis_problem, shown_redis_url
+from ._demo_fleet import FleetDemo
+from ._demo_shared import SharedBudgets, check_redis_url, redis_problem, say, shown_redis_url
 from ._errors import RakkaError
 from ._events import BreakerState, Command, Transition
 from ._request import ChatRequest
@@ -120,10 +121,16 @@ class DemoReport:
     """Seconds into the run when it was stopped early (a signal), or ``None``."""
     shared_nodes: int | None = None
     """With ``--redis``: the most nodes seen sharing the budgets."""
+    fleet_failovers: int | None = None
+    """With ``--fleet``: requests that failed over while a fleet override held an endpoint."""
 
 
 def demo_config(
-    duration: float, *, redis_url: str | None, base_urls: Mapping[str, str]
+    duration: float,
+    *,
+    redis_url: str | None,
+    base_urls: Mapping[str, str],
+    fleet: str | None = None,
 ) -> SupervisorConfig:
     """Endpoints tuned so the timeline shows a trip, failed probes and recovery."""
     open_duration = max(0.1, duration * 0.06)
@@ -174,6 +181,7 @@ def demo_config(
         stats_interval=max(0.1, min(1.0, duration / 20)),
         # Rolling windows scaled to the run, so the storm shows in the rates and sparklines.
         rolling_bucket=max(0.5, min(10.0, duration / 20)),
+        fleet=FleetConfig(name=fleet) if fleet else None,  # one node of fleet `fleet`
     )
 
 
@@ -326,6 +334,7 @@ async def demo_main(
     live: bool = True,
     on_ready: Callable[[Supervisor, ControlServer, str], None] | None = None,
     stop: Callable[[], Awaitable[object]] | None = None,
+    fleet: str | None = None,
 ) -> DemoReport:
     """Run the scripted incident for ``duration`` seconds and return what happened.
 
@@ -355,17 +364,22 @@ async def demo_main(
     async with trio.open_nursery() as services:
         await services.start(serve_mock_provider, mock)
         base_urls = {p: mock.base_url_for(p) for p in ("openai", "anthropic")}
-        cfg = demo_config(duration, redis_url=redis_url, base_urls=base_urls)
+        cfg = demo_config(duration, redis_url=redis_url, base_urls=base_urls, fleet=fleet)
         async with open_supervisor(cfg) as sup:
             control = await services.start(
                 functools.partial(serve_control, sup, "127.0.0.1", 0, token=token)
             )
             shared = SharedBudgets(sup, SHARED_BUDGETS) if redis_url else None
             _print_intro(console, mock.url, control.url, token, duration, concurrency, shared)
+            fleet_demo = FleetDemo(sup, fleet) if fleet else None
+            if fleet_demo is not None:
+                fleet_demo.print_intro(console, control.url, token)
             t0 = trio.current_time()
             script_incident(mock, t0, duration)
             async with trio.open_nursery() as watchers:
                 await watchers.start(_watch, sup, console, transitions, t0)
+                if fleet_demo is not None:
+                    await watchers.start(fleet_demo.watch, console, t0)
                 if shared is not None:
                     watchers.start_soon(shared.watch, console, t0)
                 if on_ready is not None:
@@ -403,6 +417,7 @@ async def demo_main(
             shared_line = (
                 shared.summary(stopped_at or duration, final=True) if shared is not None else None
             )
+            fleet_line = fleet_demo.summary(stopped_at or duration) if fleet_demo else None
         services.cancel_scope.cancel()
     report = DemoReport(
         outcomes={
@@ -422,6 +437,7 @@ async def demo_main(
         control_url=control.url,
         stopped_at=stopped_at,
         shared_nodes=shared.most_nodes if shared is not None else None,
+        fleet_failovers=fleet_demo.failed_over if fleet_demo is not None else None,
     )
     if stopped_at is not None:
         console.print(
@@ -431,6 +447,8 @@ async def demo_main(
     _print_report(console, report, stats)
     if shared_line is not None:
         console.print(shared_line)
+    if fleet_line is not None:
+        console.print(fleet_line)
     return report
 
 
@@ -496,14 +514,10 @@ def _print_report(console: Console, report: DemoReport, stats: SupervisorStatist
     )
 
 
-def say(message: str) -> None:
-    """One ``rakka-trio demo: …`` line on stderr."""
-    print(f"rakka-trio demo: {message}", file=sys.stderr, flush=True)
-
-
 def exit_status(report: DemoReport) -> int:
-    """0 when the breaker visibly tripped and recovered; otherwise 1, and why."""
-    if report.trips >= 1 and report.recoveries >= 1:
+    """0 when the breaker visibly tripped and recovered (or, in a fleet, a fleet override
+    made requests fail over); otherwise 1, and why."""
+    if (report.trips >= 1 and report.recoveries >= 1) or report.fleet_failovers:
         return 0
     say(
         f"exit status 1: the run did not show the whole incident (breaker trips: "
@@ -521,6 +535,7 @@ def run_demo(
     redis_url: str | None = None,
     tui: bool = False,
     console: Console | None = None,
+    fleet: str | None = None,
 ) -> int:
     """Run the demo in a fresh Trio run; returns the process exit status: 0 when the breaker
     visibly tripped and recovered, 1 when it did not (and why, on stderr), 2 for a bad
@@ -530,6 +545,9 @@ def run_demo(
     console = console or Console()
     if concurrency < 1:
         say("--concurrency must be at least 1")
+        return 2
+    if fleet is not None and redis_url is None:
+        say("--fleet needs --redis (the fleet shares its state through Redis)")
         return 2
     if redis_url is not None:
         problem = check_redis_url(redis_url)
@@ -553,6 +571,7 @@ def run_demo(
             concurrency=concurrency,
             redis_url=redis_url,
             console=console,
+            fleet=fleet,
         )
 
     async def main() -> tuple[DemoReport, SignalShutdown]:
@@ -565,6 +584,7 @@ def run_demo(
                 console=console,
                 redis_url=redis_url,
                 stop=shutdown.wait,
+                fleet=fleet,
             )
         return report, shutdown
 

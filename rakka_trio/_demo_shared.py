@@ -6,6 +6,7 @@ Kept apart from :mod:`._demo` so the demo's timeline and report stay readable.
 
 from __future__ import annotations
 
+import sys
 import urllib.parse
 from collections.abc import Mapping
 
@@ -160,3 +161,8 @@ class SharedBudgets:
             f"shared budgets (redis, {nodes} node{'s' if nodes != 1 else ''}): this node got "
             + ", ".join(parts)
         )
+
+
+def say(message: str) -> None:
+    """One ``rakka-trio demo: …`` line on stderr."""
+    print(f"rakka-trio demo: {message}", file=sys.stderr, flush=True)

@@ -13,14 +13,21 @@ import trio
 from rich.console import Console
 
 from ._control import ControlServer
-from ._demo import DemoReport, demo_main, exit_status, say
+from ._demo import DemoReport, demo_main, exit_status
+from ._demo_shared import say
 from ._supervisor import Supervisor
 
 __all__ = ["run_with_tui"]
 
 
 def run_with_tui(
-    *, duration: float, seed: int, concurrency: int, redis_url: str | None, console: Console
+    *,
+    duration: float,
+    seed: int,
+    concurrency: int,
+    redis_url: str | None,
+    console: Console,
+    fleet: str | None = None,
 ) -> int:
     """The demo in a worker thread (its own Trio run) and the TUI in this one, attached to the
     demo's control server. The demo's own output is kept until the TUI closes, then printed.
@@ -50,6 +57,7 @@ def run_with_tui(
                     redis_url=redis_url,
                     live=False,
                     on_ready=on_ready,
+                    fleet=fleet,
                 )
             )
 

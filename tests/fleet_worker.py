@@ -9,7 +9,10 @@ sends its first request to ``primary``. It prints one JSON line per fact, flushe
   "provider_requests": N}`` — what that first request met, and how many requests the mock
   provider had received by then;
 * ``{"event": "transition", "endpoint", "to", "cause", "actor", "wall"}`` — every breaker
-  transition afterwards, with its Unix time.
+  transition afterwards, with its Unix time;
+* ``{"event": "request", "result": "ok" | error class, "provider_requests": N}`` — for each
+  ``request`` line read on its standard input: one request through the ``chat`` deployment
+  (``primary``, then ``backup``).
 
 It runs until its standard input closes (then leaves the fleet cleanly) or it is killed.
 """
@@ -27,17 +30,35 @@ import rakka_trio as rk
 from rakka_trio.testing import MockProvider, serve_mock_provider
 
 KEY = "sk-fleet-worker-key-0001"
+REQUEST = rk.ChatRequest(
+    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+)
 
 
 def emit(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
-async def wait_for_stdin_eof() -> None:
+async def serve_stdin(sup: rk.Supervisor, mock: MockProvider) -> None:
+    """Answer ``request`` lines until standard input closes."""
     stream = trio.lowlevel.FdStream(os.dup(0))
+    buffer = b""
     async with stream:
-        while await stream.receive_some():
-            pass
+        while data := await stream.receive_some():
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip() == b"request":
+                    try:
+                        await sup.deployment("chat").complete(REQUEST)
+                        result = "ok"
+                    except rk.RakkaError as exc:
+                        result = type(exc).__name__
+                    emit(
+                        event="request",
+                        result=result,
+                        provider_requests=mock.statistics().requests,
+                    )
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -59,13 +80,11 @@ async def run(args: argparse.Namespace) -> None:
             node_id=args.node,
             fleet=rk.FleetConfig(name=args.fleet, publish_interval=0.5, node_ttl=3.0),
             endpoints=endpoints,
+            deployments=[rk.DeploymentConfig(name="chat", endpoints=["primary", "backup"])],
         )
         async with rk.open_supervisor(config) as sup:
-            request = rk.ChatRequest(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5
-            )
             try:
-                await sup.endpoint("primary").complete(request)
+                await sup.endpoint("primary").complete(REQUEST)
                 first = "ok"
             except rk.RakkaError as exc:
                 first = type(exc).__name__
@@ -78,7 +97,7 @@ async def run(args: argparse.Namespace) -> None:
             )
             async with sup.open_subscription(stats=False) as events:
                 nursery.start_soon(_print_transitions, events)
-                await wait_for_stdin_eof()
+                await serve_stdin(sup, mock)
             nursery.cancel_scope.cancel()
 
 

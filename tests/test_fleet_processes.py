@@ -4,12 +4,17 @@ real redis-server; this test process commands them as an observer (``rk.open_fle
 * a fleet force-open reaches all three within a second (acks and the nodes' own transitions);
 * reset clears it on all three;
 * a node killed and restarted comes back forced open before its first request;
-* a frozen node (SIGSTOP) is listed in ``nodes_missing``, and applies the command on thaw.
+* a frozen node (SIGSTOP) is listed in ``nodes_missing``, and applies the command on thaw;
+* through ``rakka-trio fleet-serve``: a fleet-scope hello gets every node, fleet commands from
+  the control plane and from the CLI reach them all (the CLI prints each node's ack), a frozen
+  node makes the CLI exit 6, and with Redis stalled the view says so while requests go on.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +29,7 @@ import trio
 
 import rakka_trio as rk
 from tests.conftest import RedisServer
+from tests.control_helpers import peer
 
 pytestmark = pytest.mark.trio
 
@@ -202,3 +208,184 @@ async def test_a_frozen_node_is_listed_missing_and_applies_the_command_on_thaw(
             # The broadcast waited in the frozen node's socket; the stored override is there
             # too. Either way it holds once the node runs again.
             await nodes[2].transition("primary", "forced_open")
+
+
+# --- the control plane and the CLI against node processes (fleet-serve) ----------------------
+
+CLI = [sys.executable, "-m", "rakka_trio._cli"]
+FLEET_TOKEN = "fleet-operator-token-5b1e9d27"
+_URL = re.compile(rb"on (ws://127\.0\.0\.1:\d+)")
+
+
+@asynccontextmanager
+async def fleet_serve(url: str, fleet: str, tmp_path: Path) -> AsyncIterator[str]:
+    """``rakka-trio fleet-serve`` in a process of its own; its control URL."""
+    token_file = tmp_path / "token"
+    token_file.write_text(FLEET_TOKEN + "\n")
+    with open(tmp_path / "fleet-serve.err", "wb") as errors:  # noqa: ASYNC230 (a local file)
+        process = await trio.lowlevel.open_process(
+            [*CLI, "fleet-serve", "--redis", url, "--fleet", fleet, "--port", "0",
+             "--token-file", str(token_file)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        printed = b""
+        while (found := _URL.search(printed)) is None:
+            data = await process.stdout.receive_some()
+            assert data, f"fleet-serve exited: {(tmp_path / 'fleet-serve.err').read_text()}"
+            printed += data
+        yield found.group(1).decode()
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(10):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+
+
+async def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """One ``rakka-trio`` command (the operator token in the environment)."""
+    return await trio.run_process(
+        [*CLI, *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={**os.environ, "RAKKA_TOKEN": FLEET_TOKEN},
+    )
+
+
+async def node_request(node: Node) -> dict[str, Any]:
+    """Have ``node`` send one request through its deployment; what it met."""
+    assert node.process.stdin is not None
+    await node.process.stdin.send_all(b"request\n")
+    while True:
+        event = await node.line()
+        if event["event"] == "request":
+            return event
+
+
+async def test_fleet_serve_shows_every_node_and_fleet_commands_reach_them_all(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    name = f"serve-{time.time_ns()}"
+    with trio.fail_after(50):
+        async with (
+            three_nodes(redis_server.url, name) as nodes,
+            rk.open_fleet(redis_server.url, name) as fleet,
+            fleet_serve(redis_server.url, name, tmp_path) as url,
+        ):
+            await wait_ready(nodes)
+            await wait_registered(fleet, {n.name for n in nodes})
+            # The control plane: a fleet-scope hello gets every node; a fleet command, all.
+            async with peer(url) as p:
+                await p.send({"type": "hello", "token": FLEET_TOKEN, "scope": "fleet"})
+                welcome = await p.recv()
+                assert welcome["scope"] == "fleet" and welcome["role"] == "operator"
+                names = [n["node_id"] for n in welcome["fleet"]["nodes"]]
+                assert names == ["node-0", "node-1", "node-2"]
+                primary = next(e for e in welcome["fleet"]["endpoints"] if e["name"] == "primary")
+                assert primary["summary"] == "closed on 3/3"
+                sent = time.time()
+                await p.send(
+                    {"type": "force_open", "id": 1, "endpoint": "primary", "duration": 300,
+                     "reason": "ws-drill", "scope": "fleet"}
+                )  # fmt: skip
+                ack = await p.recv_type("ack")
+                assert ack["nodes_acked"] == names and ack["nodes_missing"] == []
+                for node in nodes:
+                    seen = await node.transition("primary", "forced_open")
+                    assert seen["wall"] - sent <= APPLY_BOUND
+            # The CLI: reset, then force-open, each printing every node's ack.
+            done = await cli("reset", url, "primary", "--fleet", "--reason", "over")
+            assert done.returncode == 0, done.stderr
+            lines = done.stdout.decode().splitlines()
+            assert lines[0] == "primary: fleet reset (reason: over): 3 of 3 nodes acked"
+            assert [line.split()[:2] for line in lines[1:]] == [
+                ["node-0", "acked"], ["node-1", "acked"], ["node-2", "acked"]
+            ]  # fmt: skip
+            for node in nodes:
+                await node.transition("primary", "closed")
+            sent = time.time()
+            done = await cli(
+                "force-open", url, "primary", "--fleet", "--duration", "5m", "--reason", "drill"
+            )
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.decode().startswith(
+                "primary: fleet force_open for 300s (reason: drill): 3 of 3 nodes acked\n"
+            )
+            for node in nodes:
+                seen = await node.transition("primary", "forced_open")
+                assert seen["wall"] - sent <= APPLY_BOUND + 2  # the CLI's own start-up counts
+                assert seen["actor"].startswith("fleet:cli:")
+            # The fleet table: state counts, and each node's state.
+            state = await cli("state", url, "--fleet")
+            while "open on 3/3" not in state.stdout.decode():  # polls the nodes via Redis
+                await trio.sleep(0.2)
+                state = await cli("state", url, "--fleet")
+            table = state.stdout.decode()
+            assert "fleet " + name in table and "(link up)" in table
+            assert re.search(r"node-2\s+closed\s+forced_open", table), table
+            as_json = json.loads((await cli("state", url, "--fleet", "--json")).stdout)
+            assert as_json["type"] == "ack" and as_json["scope"] == "fleet"
+            assert {n["node_id"] for n in as_json["fleet"]["nodes"]} == set(names)
+
+
+async def test_a_frozen_node_makes_the_cli_exit_6_listing_it_missing(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    name = f"exit6-{time.time_ns()}"
+    with trio.fail_after(50):
+        async with (
+            three_nodes(redis_server.url, name) as nodes,
+            rk.open_fleet(redis_server.url, name) as fleet,
+            fleet_serve(redis_server.url, name, tmp_path) as url,
+        ):
+            await wait_ready(nodes)
+            await wait_registered(fleet, {n.name for n in nodes})
+            nodes[2].process.send_signal(signal.SIGSTOP)
+            try:
+                done = await cli("force-open", url, "primary", "--fleet", "--duration", "60")
+            finally:
+                nodes[2].process.send_signal(signal.SIGCONT)
+            assert done.returncode == 6, done.stderr
+            out = done.stdout.decode()
+            assert out.startswith("primary: fleet force_open for 60s: 2 of 3 nodes acked\n")
+            assert "  node-0  acked" in out and "  node-1  acked" in out
+            assert "  node-2  MISSING: no ack in time" in out
+            assert b"1 node did not ack: node-2" in done.stderr
+            # The stored override reaches it once it runs again.
+            await nodes[2].transition("primary", "forced_open")
+
+
+async def test_redis_down_the_fleet_view_says_link_down_and_requests_never_wait(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    name = f"down-{time.time_ns()}"
+    with trio.fail_after(50):
+        async with (
+            three_nodes(private_redis.url, name) as nodes,
+            rk.open_fleet(private_redis.url, name) as fleet,
+            fleet_serve(private_redis.url, name, tmp_path) as url,
+        ):
+            await wait_ready(nodes)
+            await wait_registered(fleet, {n.name for n in nodes})
+            assert private_redis.process is not None
+            private_redis.process.send_signal(signal.SIGSTOP)  # stalled: the worst case
+            try:
+                state = await cli("state", url, "--fleet")
+                assert state.returncode == 0, state.stderr
+                title = state.stdout.decode().splitlines()[0]
+                assert "(link fleet link down since " in title and "last view read" in title
+                # Every node still serves while Redis is stalled: a request never waits on
+                # the fleet link (it completes before Redis comes back).
+                for node in nodes:
+                    assert (await node_request(node))["result"] == "ok"
+                refused = await cli("force-open", url, "primary", "--fleet", "--duration", "60")
+                assert refused.returncode == 1 and b"fleet_unavailable" in refused.stderr
+            finally:
+                private_redis.process.send_signal(signal.SIGCONT)
+            while "(link up)" not in (await cli("state", url, "--fleet")).stdout.decode():  # noqa: ASYNC110
+                await trio.sleep(0.2)

@@ -5,6 +5,9 @@
 who gets in (hello, tokens, origin, throttling, the waiting room), ``_feed`` reads commands and
 writes events and stats, ``_connection`` holds per-connection state. ``_client`` speaks it;
 ``_cli`` is the ``state``, ``events``, ``force-open``, ``reset`` and ``disable`` commands.
+The fleet scope: ``_fleet_schema`` (its wire additions), ``_fleet_scope`` (the fleet feed and
+fleet-wide commands), ``_fleet_server`` (a server with no endpoints, for ``fleet-serve``) and
+``_fleet_cli`` (``fleet-serve`` and the ``--fleet`` output).
 """
 
 from ._client import (
@@ -17,6 +20,7 @@ from ._client import (
     open_control_client,
 )
 from ._connection import ControlServerStatistics
+from ._fleet_server import serve_fleet_control
 from ._server import ControlServer, serve_control
 
 __all__ = [
@@ -30,4 +34,5 @@ __all__ = [
     "ControlUnknownEndpoint",
     "open_control_client",
     "serve_control",
+    "serve_fleet_control",
 ]

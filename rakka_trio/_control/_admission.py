@@ -67,8 +67,12 @@ class Gate:
         max_message_size: int,
         hello_timeout: float,
         metrics: Callable[[HelloThrottle], MetricsHttp] | None = None,
+        fleet_scope: str | None = None,
     ) -> None:
         self._counters = counters
+        # None: no fleet (a fleet hello is refused); "node": fleet on request; "fleet": a
+        # fleet server with no endpoints of its own, which serves the fleet whatever is asked.
+        self._fleet_scope = fleet_scope
         self._log = log_limiter
         self._served = served
         self._token_digest = token_digest
@@ -240,8 +244,22 @@ class Gate:
                 CLOSE_TRY_AGAIN_LATER,
                 count_abuse=False,
             )
+        if hello.scope == proto.FLEET and self._fleet_scope is None:
+            self._refused(
+                key, "refused %s: fleet scope asked of a server without a fleet", conn.peer
+            )
+            return self._refusal(
+                conn,
+                proto.ErrorCode.NO_FLEET,
+                "this server has no fleet: connect without scope fleet, or to a fleet server "
+                "(rakka-trio fleet-serve)",
+                CLOSE_POLICY_VIOLATION,
+                count_abuse=False,
+            )
         conn.role = role
         conn.actor = f"{client}@{conn.peer}"
+        if self._fleet_scope == proto.FLEET or hello.scope == proto.FLEET:
+            conn.scope = proto.FLEET
         return None
 
     def _parse_hello(

@@ -68,6 +68,7 @@ exit status:
   3    could not connect (refused, unreachable, TLS), or the connection was lost
   4    authentication failed: no token, a wrong token, or a read-only (viewer) connection
   5    unknown endpoint
+  6    --fleet: some live nodes did not ack in time (listed; they apply it when back)
   130  interrupted
 """
 
@@ -135,6 +136,12 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     common.add_argument(
         "--cafile", metavar="PATH", help="CA bundle to verify a wss:// server's certificate"
     )
+    common.add_argument(
+        "--fleet",
+        action="store_true",
+        help="every node of the server's fleet: show them all, or act on them all and print "
+        "each node's ack (exit 6 when some did not ack)",
+    )
     fmt = argparse.RawDescriptionHelpFormatter
 
     state = sub.add_parser(
@@ -201,9 +208,17 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     reset.add_argument("endpoint", metavar="ENDPOINT")
     reset.add_argument("--reason", help="why (recorded in the audit trail)")
 
+    from ._fleet_cli import add_fleet_serve  # imports this module: loaded when used
+
+    add_fleet_serve(sub)
+
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run a control-plane subcommand; returns the exit status."""
+    if args.command == "fleet-serve":
+        from ._fleet_cli import run_fleet_serve
+
+        return run_fleet_serve(args)
     if args.command not in _CONTROL_COMMANDS:
         _error(f"unknown command {args.command!r}")
         return EXIT_USAGE
@@ -310,6 +325,7 @@ async def _run(
             connect_timeout=args.timeout,
             command_timeout=args.timeout,
             require_operator=operator_only,
+            scope=proto.FLEET if args.fleet and args.command == "events" else None,
         ) as client:
             if token is not None and client.role != "operator":
                 _warn("the token was not accepted; connected read-only (viewer)")
@@ -327,7 +343,7 @@ async def _run(
         return EXIT_UNKNOWN_ENDPOINT
     except ControlConnectionError as exc:
         _error(str(exc))
-        return EXIT_CONNECTION
+        return EXIT_ERROR if exc.code == proto.ErrorCode.NO_FLEET else EXIT_CONNECTION
     except ControlError as exc:
         _error(str(exc))
         return EXIT_ERROR
@@ -340,6 +356,10 @@ async def _run(
 
 
 async def _state(client: ControlClient, args: argparse.Namespace) -> int:
+    if args.fleet:
+        from ._fleet_cli import fleet_state
+
+        return await fleet_state(client, args)
     snapshot = await client.get_state()
     if args.json:
         print(json.dumps(_snapshot_dict(snapshot), indent=2), flush=True)
@@ -350,11 +370,12 @@ async def _state(client: ControlClient, args: argparse.Namespace) -> int:
 
 async def _events(client: ControlClient, args: argparse.Namespace) -> int:
     welcome = client.welcome
+    fleet = welcome.fleet
+    where = f"node {_safe(welcome.snapshot.node_id)}, {len(welcome.snapshot.endpoints)} endpoints"
+    if fleet is not None:
+        where = f"fleet {_safe(fleet.fleet)}: {len(fleet.nodes)} nodes"
     print(
-        f"connected to {_safe(args.url)} as {welcome.role} "
-        f"(node {_safe(welcome.snapshot.node_id)}, {len(welcome.snapshot.endpoints)} endpoints)",
-        file=sys.stderr,
-        flush=True,
+        f"connected to {_safe(args.url)} as {welcome.role} ({where})", file=sys.stderr, flush=True
     )
     printed = 0
     async for frame in client:
@@ -373,6 +394,10 @@ async def _events(client: ControlClient, args: argparse.Namespace) -> int:
 
 
 async def _command(client: ControlClient, args: argparse.Namespace) -> int:
+    if args.fleet:
+        from ._fleet_cli import fleet_command
+
+        return await fleet_command(client, args)
     reason = args.reason
     if args.command == "force-open":
         ack = await client.force_open(args.endpoint, args.duration, reason)
@@ -425,7 +450,7 @@ def format_frame(frame: proto.ServerFrame | proto.UnknownFrame) -> str:
     if isinstance(frame, proto.TransitionFrame):
         parts = [
             _clock(frame.wall),
-            frame.endpoint,
+            f"{frame.node}: {frame.endpoint}" if frame.node else frame.endpoint,
             f"{frame.from_state} -> {frame.to_state}",
             f"({frame.cause})",
         ]
@@ -442,13 +467,19 @@ def format_frame(frame: proto.ServerFrame | proto.UnknownFrame) -> str:
             parts.append(f"reason: {frame.reason}")
         return _safe("  ".join(parts))
     if isinstance(frame, proto.CommandFrame):
-        text = f"{_clock(frame.wall)}  {frame.endpoint}  {frame.command} by {frame.actor}"
+        where = f"{frame.node}: {frame.endpoint}" if frame.node else frame.endpoint
+        scope = "fleet " if frame.scope == proto.FLEET else ""
+        text = f"{_clock(frame.wall)}  {where}  {scope}{frame.command} by {frame.actor}"
         if frame.command != "reset":
             text += f" for {_seconds(frame.duration)}" if frame.duration else " until reset"
         if frame.reason:
             text += f"  reason: {frame.reason}"
         return _safe(text)
     if isinstance(frame, proto.StatsFrame):
+        if frame.fleet is not None:
+            from ._fleet_cli import fleet_stats_line
+
+            return fleet_stats_line(frame) or ""
         items = []
         for ep in frame.endpoints:
             detail = _until(ep.open_until_in, ep.until_reset)

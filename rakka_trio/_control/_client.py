@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import socket
 import ssl
 import time
 import urllib.parse
@@ -37,6 +36,7 @@ from .._credentials import Secret
 from .._errors import RakkaError
 from .._events import DropOldestQueue
 from . import _protocol as proto
+from ._transport import connect_failure
 
 __all__ = [
     "CloseInfo",
@@ -178,6 +178,11 @@ class ControlClient:
         return self._welcome.snapshot
 
     @property
+    def scope(self) -> str:
+        """``"node"``, or ``"fleet"``: every node's figures (``welcome.fleet``) and events."""
+        return self._welcome.scope
+
+    @property
     def closed(self) -> CloseInfo | None:
         """``None`` while connected; afterwards, why the connection ended."""
         return self._closed
@@ -234,26 +239,33 @@ class ControlClient:
             raise result
         return result
 
+    # scope="fleet": on every node; the ack lists nodes_acked and nodes_missing.
     async def force_open(
-        self, endpoint: str, duration: float | None = None, reason: str | None = None
-    ) -> proto.AckFrame:
+        self, endpoint: str, duration: float | None = None, reason: str | None = None, *,
+        scope: str | None = None,
+    ) -> proto.AckFrame:  # fmt: skip
         """Hold ``endpoint``'s breaker open for ``duration`` s (``None``: until reset)."""
         cmd = proto.ForceOpen(
-            id=self.next_id(), endpoint=endpoint, duration=duration, reason=reason
+            id=self.next_id(), endpoint=endpoint, duration=duration, reason=reason, scope=scope
         )
         return await self.send_command(cmd)
 
-    async def reset(self, endpoint: str, reason: str | None = None) -> proto.AckFrame:
+    async def reset(
+        self, endpoint: str, reason: str | None = None, *, scope: str | None = None
+    ) -> proto.AckFrame:
         """Force-close ``endpoint``'s breaker and clear any forced state."""
         return await self.send_command(
-            proto.Reset(id=self.next_id(), endpoint=endpoint, reason=reason)
+            proto.Reset(id=self.next_id(), endpoint=endpoint, reason=reason, scope=scope)
         )
 
     async def disable(
-        self, endpoint: str, duration: float | None = None, reason: str | None = None
-    ) -> proto.AckFrame:
+        self, endpoint: str, duration: float | None = None, reason: str | None = None, *,
+        scope: str | None = None,
+    ) -> proto.AckFrame:  # fmt: skip
         """Bypass ``endpoint``'s breaker for ``duration`` s (``None``: until reset)."""
-        cmd = proto.Disable(id=self.next_id(), endpoint=endpoint, duration=duration, reason=reason)
+        cmd = proto.Disable(
+            id=self.next_id(), endpoint=endpoint, duration=duration, reason=reason, scope=scope
+        )
         return await self.send_command(cmd)
 
     async def get_state(self) -> proto.Snapshot:
@@ -262,6 +274,13 @@ class ControlClient:
         if ack.snapshot is None:
             raise ControlCommandError("the server's get_state answer carried no snapshot")
         return ack.snapshot
+
+    async def get_fleet_state(self) -> proto.FleetSnapshot:
+        """A fresh snapshot of the whole fleet (code ``no_fleet`` from a server without)."""
+        ack = await self.send_command(proto.GetState(id=self.next_id(), scope=proto.FLEET))
+        if ack.fleet is None:
+            raise ControlCommandError("the server's fleet get_state answer carried no fleet")
+        return ack.fleet
 
     # --- the frame stream -----------------------------------------------------------------
 
@@ -401,13 +420,16 @@ async def open_control_client(
     command_timeout: float = 10.0,
     buffer: int = _DEFAULT_BUFFER,
     require_operator: bool = False,
+    scope: str | None = None,
 ) -> AsyncIterator[ControlClient]:
     """Connect to a control server, say hello and yield a :class:`ControlClient`.
 
     ``url`` is ``ws://host:port`` or ``wss://host:port``; ``ssl_context`` overrides the
     default certificate verification for ``wss``. ``client_name`` appears in the server's
     audit trail. With ``require_operator=True`` a viewer role is an error
-    (:class:`ControlAuthError`) instead of a read-only session.
+    (:class:`ControlAuthError`) instead of a read-only session. ``scope="fleet"`` asks a
+    server with a fleet for every node's figures and events (refused with code ``no_fleet``
+    by a server without one).
 
     Raises :class:`ControlConnectionError` when the server cannot be reached or is not a
     control server, and :class:`ControlAuthError` when it refuses the token.
@@ -415,7 +437,9 @@ async def open_control_client(
     if not math.isfinite(connect_timeout) or connect_timeout <= 0:
         raise ValueError("connect_timeout must be a positive number")
     raw_token = token.get_secret_value() if isinstance(token, Secret) else token
-    hello = proto.Hello(token=raw_token, client=client_name, protocol=proto.PROTOCOL_VERSION)
+    hello = proto.Hello(
+        token=raw_token, client=client_name, protocol=proto.PROTOCOL_VERSION, scope=scope
+    )
     target = _parse_url(url)
     try:
         async with trio.open_nursery() as nursery:
@@ -443,8 +467,8 @@ async def open_control_client(
                 # send our close frame and hang up rather than wait for it.
                 cancelled = trio.current_effective_deadline() == -math.inf
                 grace = _CANCELLED_CLOSE_GRACE if cancelled else _DISCONNECT_TIMEOUT
-                with trio.move_on_after(grace) as scope:
-                    scope.shield = True
+                with trio.move_on_after(grace) as closing:
+                    closing.shield = True
                     await ws.aclose()
                 # When the server closed first, trio-websocket's client side answers the close
                 # but leaves the TCP connection open; hang up so the server is not kept waiting.
@@ -530,42 +554,9 @@ async def _connect(
             "and is ws:// versus wss:// right?)"
         )
     except (OSError, trio.BrokenResourceError, HandshakeError, ConnectionClosed) as exc:
-        failure = _connect_failure(exc)
+        failure = connect_failure(exc)
     finally:
         if not connected and stream is not None:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
     raise ControlConnectionError(f"could not connect to {url}: {failure}", code="connect_failed")
-
-
-def _connect_failure(exc: BaseException) -> str:
-    """The most specific reason in a connect failure's chain (trio wraps each attempt's
-    error in a group under a generic "all attempts failed")."""
-    found: list[BaseException] = []
-    stack: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        found.append(current)
-        if isinstance(current, BaseExceptionGroup):
-            stack.extend(current.exceptions)
-        for linked in (current.__cause__, current.__context__):
-            if linked is not None:
-                stack.append(linked)
-    for candidate in found:
-        if isinstance(candidate, ConnectionRefusedError):
-            return "connection refused (is the control server running on that port?)"
-    for candidate in found:
-        if isinstance(candidate, socket.gaierror):
-            return f"cannot resolve the host name ({candidate.strerror})"
-        if isinstance(candidate, ssl.SSLError):
-            return f"TLS error ({candidate.reason or candidate})"
-        if isinstance(candidate, trio_websocket.ConnectionTimeout | TimeoutError):
-            return "timed out"
-    for candidate in found:
-        if isinstance(candidate, OSError) and candidate.strerror:
-            return candidate.strerror
-    return str(exc) or type(exc).__name__

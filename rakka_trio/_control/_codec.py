@@ -13,11 +13,13 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 
+from ._fleet_schema import ADDITIVE_FIELDS
 from ._incident import FallbackState
 from ._schema import (
     _JSON_SAFE_INT,
@@ -102,6 +104,12 @@ def _make_converter(*, strict: bool) -> cattrs.Converter:
         renames: dict[str, Any] = {
             name: override(rename=wire) for name, wire in _RENAMES.get(cls, {}).items()
         }
+        # The fleet's additions appear only when set: node-scope frames stay exactly v1.
+        renames.update(
+            (a.name, override(omit_if_default=True))
+            for a in attrs.fields(cls)
+            if a.name in ADDITIVE_FIELDS
+        )
         conv.register_structure_hook(
             cls,
             make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=strict, **renames),

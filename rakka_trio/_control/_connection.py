@@ -139,6 +139,7 @@ class _Connection:
         self.ws = ws
         self.peer = peer
         self.role: str | None = None
+        self.scope = "node"  # what the connection watches: "node" or "fleet" (from its hello)
         self.actor = f"?@{peer}"
         self.strikes = 0  # frames refused by the rate limit since it last admitted one
         self.wake: trio.CancelScope | None = None  # set while the writer waits for events

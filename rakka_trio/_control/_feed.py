@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import OrderedDict
+from contextlib import AbstractAsyncContextManager
 
 import trio
 from trio_websocket import ConnectionClosed
@@ -54,6 +56,7 @@ from ._connection import (
     error_frame,
     refuse,
 )
+from ._fleet_scope import FleetFrameEvent, FleetScope
 from ._guards import LogLimiter
 
 log = logging.getLogger("rakka_trio.control")
@@ -64,8 +67,9 @@ class Feed:
 
     def __init__(
         self,
-        sup: Supervisor,
+        sup: Supervisor | None,
         *,
+        fleet: FleetScope | None = None,
         counters: _Counters,
         log_limiter: LogLimiter,
         max_message_size: int,
@@ -74,7 +78,8 @@ class Feed:
         event_buffer: int,
         send_timeout: float,
     ) -> None:
-        self._sup = sup
+        self._sup = sup  # None: a fleet server, whose connections are all fleet-scope
+        self._fleet = fleet
         self._counters = counters
         self._log = log_limiter
         self._max_message_size = max_message_size
@@ -94,16 +99,28 @@ class Feed:
         try:
             # Subscribe before taking the snapshot, so nothing that happens in between is
             # lost. Stats do not come through here (see broadcast_stats).
-            async with self._sup.open_subscription(buffer=self._event_buffer, stats=False) as sub:
+            async with self._subscribe(conn) as sub:
                 await self._serve_subscribed(conn, sub)
         finally:
+            if self._fleet is not None:
+                self._fleet.detach(conn)
             self.connections.discard(conn)
             if not self.connections:
                 self._clients_present = trio.Event()
 
-    async def _serve_subscribed(self, conn: _Connection, sub: Subscription) -> None:
+    def _subscribe(self, conn: _Connection) -> AbstractAsyncContextManager[Subscription]:
+        """The events ``conn`` is fed: its supervisor's, or every node's in fleet scope."""
+        if conn.scope == proto.FLEET and self._fleet is not None:
+            return self._fleet.subscribe(conn, self._event_buffer)
+        assert self._sup is not None  # admission gives a fleet server fleet scope only
+        return self._sup.open_subscription(buffer=self._event_buffer, stats=False)
+
+    async def _welcome(self, conn: _Connection) -> proto.WelcomeFrame:
         assert conn.role is not None
-        welcome = proto.WelcomeFrame(
+        if conn.scope == proto.FLEET and self._fleet is not None:
+            return await self._fleet.welcome(conn.role)
+        assert self._sup is not None
+        return proto.WelcomeFrame(
             protocol=proto.PROTOCOL_VERSION,
             role=conn.role,
             server=f"rakka-trio/{__version__}",
@@ -112,6 +129,9 @@ class Feed:
             # Taken with the snapshot, after subscribing: no event is in both or in neither.
             history=proto.history_frames(self._sup.history()),
         )
+
+    async def _serve_subscribed(self, conn: _Connection, sub: Subscription) -> None:
+        welcome = await self._welcome(conn)
         conn.state_at = trio.current_time()  # stats older than the welcome's snapshot: skip
         try:
             await self._send(conn, proto.encode(welcome))
@@ -170,7 +190,7 @@ class Feed:
                 )
             else:
                 conn.strikes = 0
-                reply = self._answer(conn, message)
+                reply = await self._answer(conn, message)
             await replies.send(reply)
             if conn.wake is not None:
                 conn.wake.cancel()  # the writer is idle, waiting for events: wake it
@@ -276,6 +296,8 @@ class Feed:
     async def broadcast_stats(self) -> None:
         """Hand every stats tick to every connection. Subscribed (so the supervisor builds
         stats at all) only while some connection is being served."""
+        if self._sup is None:
+            return  # a fleet server: FleetScope.run feeds its connections
         while True:
             await self._clients_present.wait()
             async with self._sup.open_subscription(buffer=8, stats=True) as sub:
@@ -304,8 +326,9 @@ class Feed:
             return
         text = proto.encode(frame)
         self._counters.stats_broadcasts += 1
-        targets = list(self.connections)
+        targets = [conn for conn in self.connections if conn.scope == proto.NODE]
         batches = math.ceil(len(targets) / _STATS_BATCH)
+        assert self._sup is not None
         window = min(_STATS_SPREAD * self._sup.config.stats_interval, _STATS_SPREAD_MAX)
         start = trio.current_time()
         for i in range(batches):
@@ -316,7 +339,7 @@ class Feed:
 
     # --- frames and commands --------------------------------------------------------------
 
-    def _answer(self, conn: _Connection, message: str | bytes) -> proto.ServerFrame:
+    async def _answer(self, conn: _Connection, message: str | bytes) -> proto.ServerFrame:
         """The reply to one frame within the rate limit: always an ack or an error."""
         problem = frame_problem(message, self._max_message_size)
         if problem is not None:
@@ -328,25 +351,42 @@ class Feed:
             return error_frame(exc.id, exc.code, exc.message)
         if isinstance(msg, proto.Hello):
             return error_frame(None, proto.ErrorCode.UNEXPECTED, "hello was already received")
-        if isinstance(msg, proto.GetState):
-            return proto.AckFrame(
-                id=msg.id,
-                command=msg.TYPE,
-                snapshot=proto.snapshot_from_statistics(self._sup.statistics()),
-            )
-        if conn.role != OPERATOR:
+        fleet_scope = msg.scope == proto.FLEET
+        if isinstance(msg, proto.GetState) and not fleet_scope:
+            return proto.AckFrame(id=msg.id, command=msg.TYPE, snapshot=self._node_snapshot())
+        if conn.role != OPERATOR and not isinstance(msg, proto.GetState):
             self._warn(conn, "refused %s from viewer %s", msg.TYPE, conn.actor)
             return error_frame(
                 msg.id,
                 proto.ErrorCode.FORBIDDEN,
                 "this connection is read-only (viewer); commands need the operator token",
             )
+        if fleet_scope:
+            if self._fleet is None:
+                return error_frame(
+                    msg.id, proto.ErrorCode.NO_FLEET, "this server has no fleet (scope fleet)"
+                )
+            return await self._fleet.answer(conn, msg)
+        assert not isinstance(msg, proto.GetState)
         return self._execute(conn, msg)
+
+    def _node_snapshot(self) -> proto.Snapshot:
+        if self._sup is None:  # a fleet server holds no endpoints of its own
+            node = self._fleet.fleet.node_id if self._fleet is not None else "?"
+            return proto.Snapshot(node_id=node, wall=round(time.time(), 3), endpoints=[])
+        return proto.snapshot_from_statistics(self._sup.statistics())
 
     def _execute(
         self, conn: _Connection, msg: proto.ForceOpen | proto.Reset | proto.Disable
     ) -> proto.ServerFrame:
         sup = self._sup
+        if sup is None:
+            return error_frame(
+                msg.id,
+                proto.ErrorCode.UNKNOWN_ENDPOINT,
+                f"unknown endpoint {msg.endpoint!r}: this fleet server holds no endpoints of "
+                'its own; send the command with "scope": "fleet" (the CLI\'s --fleet)',
+            )
         reason = redact(msg.reason) if msg.reason is not None else None
         try:
             if isinstance(msg, proto.ForceOpen):
@@ -376,6 +416,8 @@ class Feed:
 
     def _encode_event(self, event: Event) -> str | None:
         """The frame text for an event, encoded once however many connections send it."""
+        if isinstance(event, FleetFrameEvent):
+            return event.text  # encoded once by the fleet feed
         if isinstance(event, Lagged):  # per-connection by nature: nothing to share
             frame = proto.frame_from_event(event)
             return None if frame is None else proto.encode(frame)

@@ -12,6 +12,16 @@ from ._codec import (
     peek_id,
     to_dict,
 )
+from ._fleet_schema import (
+    FLEET,
+    NODE,
+    SCOPES,
+    FleetEndpointState,
+    FleetNodeEndpointState,
+    FleetNodeState,
+    FleetOverrideState,
+    FleetSnapshot,
+)
 from ._frames import endpoint_state, frame_from_event, history_frames, snapshot_from_statistics
 from ._incident import DeploymentState, FallbackState, LimiterState, LimitState, RecentState
 from ._schema import (
@@ -52,13 +62,16 @@ from ._schema import (
 
 __all__ = [
     "CLIENT_TYPES",
+    "FLEET",
     "MAX_CLIENT_LENGTH",
     "MAX_DURATION",
     "MAX_ENDPOINT_LENGTH",
     "MAX_ID_LENGTH",
     "MAX_REASON_LENGTH",
     "MAX_TOKEN_LENGTH",
+    "NODE",
     "PROTOCOL_VERSION",
+    "SCOPES",
     "SERVER_TYPES",
     "AckFrame",
     "ClientMessage",
@@ -71,6 +84,11 @@ __all__ = [
     "ErrorCode",
     "ErrorFrame",
     "FallbackState",
+    "FleetEndpointState",
+    "FleetNodeEndpointState",
+    "FleetNodeState",
+    "FleetOverrideState",
+    "FleetSnapshot",
     "ForceOpen",
     "GetState",
     "Hello",

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 import attrs
 
 from .._errors import RakkaError
+from ._fleet_schema import SCOPES, FleetSnapshot
 from ._incident import DeploymentState, LimiterState, RecentState
 
 PROTOCOL_VERSION: Final = 1
@@ -65,6 +66,11 @@ class ErrorCode:
     """The supervisor is stopping."""
     INTERNAL: Final = "internal"
     """The server failed to carry out a valid command (logged server-side)."""
+    NO_FLEET: Final = "no_fleet"
+    """Fleet scope was asked of a server without a fleet (its supervisor has no
+    ``FleetConfig``); a ``hello`` asking for it is refused and closed."""
+    FLEET_UNAVAILABLE: Final = "fleet_unavailable"
+    """The server's link to the fleet (Redis) is down: the fleet command was not sent."""
 
 
 class ProtocolError(RakkaError, ValueError):
@@ -144,6 +150,11 @@ def _check_duration(_: Any, attribute: "attrs.Attribute[Any]", value: float | No
         )
 
 
+def _check_scope(_: Any, attribute: "attrs.Attribute[Any]", value: str | None) -> None:
+    if value is not None and value not in SCOPES:
+        raise _InvalidField('must be "node" or "fleet" (or absent: node)', attribute.name)
+
+
 def _check_token(_: Any, attribute: "attrs.Attribute[Any]", value: str | None) -> None:
     if value is not None and len(value) > MAX_TOKEN_LENGTH:
         raise _InvalidField(f"longer than {MAX_TOKEN_LENGTH} characters", attribute.name)
@@ -157,13 +168,15 @@ class Hello:
     """First frame of every connection: ``{"type":"hello","token":…,"client":…}``.
 
     ``client`` names the program or person (it appears in the audit trail as
-    ``client@address:port``); ``protocol``, when given, must be 1.
+    ``client@address:port``); ``protocol``, when given, must be 1. ``scope`` ``"fleet"`` asks
+    for the whole fleet's view (snapshot, stats and events of every node).
     """
 
     TYPE: ClassVar[str] = "hello"
     token: str | None = attrs.field(default=None, validator=_check_token, repr=False)
     client: str = attrs.field(default="unnamed", validator=_text(MAX_CLIENT_LENGTH))
     protocol: int | None = None
+    scope: str | None = attrs.field(default=None, validator=_check_scope)
 
 
 @attrs.frozen(kw_only=True)
@@ -175,6 +188,7 @@ class ForceOpen:
     endpoint: str = attrs.field(validator=_text(MAX_ENDPOINT_LENGTH))
     duration: float | None = attrs.field(default=None, validator=_check_duration)
     reason: str | None = attrs.field(default=None, validator=_text(MAX_REASON_LENGTH))
+    scope: str | None = attrs.field(default=None, validator=_check_scope)
 
 
 @attrs.frozen(kw_only=True)
@@ -185,6 +199,7 @@ class Reset:
     id: MessageId = attrs.field(validator=_check_id)
     endpoint: str = attrs.field(validator=_text(MAX_ENDPOINT_LENGTH))
     reason: str | None = attrs.field(default=None, validator=_text(MAX_REASON_LENGTH))
+    scope: str | None = attrs.field(default=None, validator=_check_scope)
 
 
 @attrs.frozen(kw_only=True)
@@ -196,6 +211,7 @@ class Disable:
     endpoint: str = attrs.field(validator=_text(MAX_ENDPOINT_LENGTH))
     duration: float | None = attrs.field(default=None, validator=_check_duration)
     reason: str | None = attrs.field(default=None, validator=_text(MAX_REASON_LENGTH))
+    scope: str | None = attrs.field(default=None, validator=_check_scope)
 
 
 @attrs.frozen(kw_only=True)
@@ -204,6 +220,7 @@ class GetState:
 
     TYPE: ClassVar[str] = "get_state"
     id: MessageId = attrs.field(validator=_check_id)
+    scope: str | None = attrs.field(default=None, validator=_check_scope)
 
 
 ClientMessage: TypeAlias = Hello | ForceOpen | Reset | Disable | GetState
@@ -276,7 +293,8 @@ class WelcomeFrame:
 
     ``history`` holds the server's recent ``transition`` and ``command`` frames (the last
     200, oldest first) so a console that connects late shows what happened before it came;
-    null from a server that keeps none.
+    null from a server that keeps none. In fleet ``scope``, ``fleet`` holds every node's
+    figures (``snapshot`` then lists no endpoints).
     """
 
     TYPE: ClassVar[str] = "welcome"
@@ -286,6 +304,8 @@ class WelcomeFrame:
     stats_interval: float
     snapshot: Snapshot
     history: "list[HistoryFrame] | None" = None
+    scope: str = "node"
+    fleet: FleetSnapshot | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -308,11 +328,13 @@ class TransitionFrame:
     until_reset: bool
     actor: str | None
     reason: str | None
+    node: str | None = None  # fleet scope: the node the breaker is on
 
 
 @attrs.frozen(kw_only=True)
 class CommandFrame:
-    """Audit record of an operator command, sent to every subscriber."""
+    """Audit record of an operator command, sent to every subscriber. In fleet scope,
+    ``node`` is where it was given and ``scope`` whether it acted on that node or the fleet."""
 
     TYPE: ClassVar[str] = "command"
     wall: float
@@ -321,6 +343,8 @@ class CommandFrame:
     actor: str
     reason: str | None
     duration: float | None
+    node: str | None = None
+    scope: str | None = None
 
 
 HistoryFrame: TypeAlias = TransitionFrame | CommandFrame
@@ -329,19 +353,29 @@ HistoryFrame: TypeAlias = TransitionFrame | CommandFrame
 
 @attrs.frozen(kw_only=True)
 class StatsFrame:
-    """Periodic snapshot (about once per ``stats_interval``), same fields as :class:`Snapshot`."""
+    """Periodic snapshot (about once per ``stats_interval``), same fields as :class:`Snapshot`;
+    in fleet ``scope`` the figures are in ``fleet`` (and ``endpoints`` is empty)."""
 
     TYPE: ClassVar[str] = "stats"
     node_id: str
     wall: float
     endpoints: list[EndpointState]
     deployments: list[DeploymentState] | None = None
+    scope: str = "node"
+    fleet: FleetSnapshot | None = None
 
 
 @attrs.frozen(kw_only=True)
 class AckFrame:
     """A command succeeded. ``state`` is the endpoint's breaker state afterwards;
-    ``snapshot`` answers ``get_state``."""
+    ``snapshot`` answers ``get_state``.
+
+    A fleet-``scope`` command is acknowledged once every live node applied it or its ack
+    timeout passed: ``nodes_acked`` applied it (``acks``: node -> Unix time it did;
+    ``absent_on``: acked but without such an endpoint), ``nodes_missing`` did not answer in
+    time (the override stays stored: they apply it when they come back). A fleet
+    ``get_state`` is answered with ``fleet``.
+    """
 
     TYPE: ClassVar[str] = "ack"
     id: MessageId
@@ -349,6 +383,13 @@ class AckFrame:
     endpoint: str | None = None
     state: str | None = None
     snapshot: Snapshot | None = None
+    scope: str | None = None
+    command_id: str | None = None
+    nodes_acked: list[str] | None = None
+    nodes_missing: list[str] | None = None
+    absent_on: list[str] | None = None
+    acks: dict[str, float] | None = None
+    fleet: FleetSnapshot | None = None
 
 
 @attrs.frozen(kw_only=True)

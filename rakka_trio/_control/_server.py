@@ -14,8 +14,10 @@ import contextlib
 import functools
 import logging
 import math
+import socket
 import ssl
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import trio
 import trio_websocket
@@ -36,9 +38,13 @@ from ._connection import (
     _is_loopback,
 )
 from ._feed import Feed
+from ._fleet_scope import FleetScope, fleet_of
 from ._guards import LogLimiter, normalize_origins, peer_key
 from ._metrics_http import MetricsHttp
 from ._transport import listener_address, open_listeners, stream_peer
+
+if TYPE_CHECKING:
+    from .._fleet import Fleet
 
 log = logging.getLogger("rakka_trio.control")
 
@@ -64,8 +70,9 @@ class ControlServer:
 
     def __init__(
         self,
-        sup: Supervisor,
+        sup: Supervisor | None,
         *,
+        fleet: Fleet | None = None,
         token_digest: bytes | None,
         allow_viewers: bool,
         allowed_origins: frozenset[str],
@@ -81,11 +88,20 @@ class ControlServer:
         metrics_public: bool = False,
     ) -> None:
         self._tls = tls
+        self._allow_viewers = allow_viewers
         self._scope = trio.CancelScope()
         self._counters = _Counters()
         self._log = LogLimiter(_LOG_INTERVAL)
+        # The fleet scope, when the server has a fleet: the supervisor's, or (no supervisor)
+        # the fleet a fleet server watches, which is then the only scope it serves.
+        self._fleet = None
+        if fleet is not None:
+            self._fleet = FleetScope(
+                fleet, counters=self._counters, log_limiter=self._log, event_buffer=event_buffer
+            )
         self._feed = Feed(
             sup,
+            fleet=self._fleet,
             counters=self._counters,
             log_limiter=self._log,
             max_message_size=max_message_size,
@@ -106,13 +122,16 @@ class ControlServer:
             max_frame_size=max_message_size * _HARD_LIMIT_FACTOR,
             max_message_size=max_message_size,
             hello_timeout=hello_timeout,
-            metrics=lambda throttle: MetricsHttp(
+            metrics=None
+            if sup is None
+            else lambda throttle: MetricsHttp(
                 sup,
                 token_digest=token_digest,
                 public=metrics_public,
                 throttle=throttle,
                 log_limiter=self._log,
             ),
+            fleet_scope=None if fleet is None else "node" if sup is not None else "fleet",
         )
         self._host = ""
         self._port = 0
@@ -287,6 +306,46 @@ async def serve_control(
     A failed hello (a wrong token, or none where viewers are not allowed) delays the next
     hello from the same peer, doubling from 50 ms up to 2 s.
     """
+    server = build_server(
+        sup,
+        fleet_of(sup),
+        token=token,
+        allow_viewers=allow_viewers,
+        allowed_origins=allowed_origins,
+        tls=ssl_context is not None,
+        max_message_size=max_message_size,
+        max_connections=max_connections,
+        max_unauthenticated_per_ip=max_unauthenticated_per_ip,
+        command_rate=command_rate,
+        command_burst=command_burst,
+        event_buffer=event_buffer,
+        hello_timeout=hello_timeout,
+        send_timeout=send_timeout,
+        metrics_public=metrics_public,
+    )
+    await run_server(server, host, port, ssl_context, task_status)
+
+
+def build_server(
+    sup: Supervisor | None,
+    fleet: Fleet | None,
+    *,
+    token: str | Secret | None,
+    allow_viewers: bool,
+    allowed_origins: Iterable[str] | None,
+    tls: bool,
+    max_message_size: int,
+    max_connections: int,
+    max_unauthenticated_per_ip: int,
+    command_rate: float,
+    command_burst: int,
+    event_buffer: int,
+    hello_timeout: float,
+    send_timeout: float,
+    metrics_public: bool = False,
+) -> ControlServer:
+    """Check the options of :func:`serve_control` (or the fleet server's) and build the
+    server (not yet listening)."""
     if token is not None and not isinstance(token, Secret):
         if not isinstance(token, str):
             raise TypeError("token must be a str, a Secret or None")
@@ -311,13 +370,12 @@ async def serve_control(
     ):
         if not (isinstance(number, int | float) and math.isfinite(number) and number > 0):
             raise ValueError(f"{name} must be a positive number, got {number!r}")
-    origins = normalize_origins(allowed_origins)
-
-    server = ControlServer(
+    return ControlServer(
         sup,
+        fleet=fleet,
         token_digest=None if token is None else _digest(token.get_secret_value()),
         allow_viewers=allow_viewers,
-        allowed_origins=origins,
+        allowed_origins=normalize_origins(allowed_origins),
         max_message_size=max_message_size,
         max_connections=max_connections,
         max_unauthenticated_per_ip=max_unauthenticated_per_ip,
@@ -326,9 +384,19 @@ async def serve_control(
         event_buffer=event_buffer,
         hello_timeout=float(hello_timeout),
         send_timeout=float(send_timeout),
-        tls=ssl_context is not None,
+        tls=tls,
         metrics_public=bool(metrics_public),
     )
+
+
+async def run_server(
+    server: ControlServer,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    task_status: trio.TaskStatus[ControlServer],
+) -> None:
+    """Listen and serve until cancelled or :meth:`ControlServer.close`."""
     if ssl_context is None and not _is_loopback(host):
         log.warning(
             "control: serving on %s without TLS: the token and commands travel in clear text",
@@ -342,9 +410,34 @@ async def serve_control(
             )
             nursery.start_soon(server._feed.broadcast_stats)
             server._host, server._port = listener_address(listeners[0])
+            fleet = server._fleet
+            if fleet is not None:
+                nursery.start_soon(fleet.run)
             log.info(
-                "control: listening on %s (viewers %s)",
+                "control: listening on %s (viewers %s%s)",
                 server.url,
-                "allowed" if allow_viewers else "refused",
+                "allowed" if server._allow_viewers else "refused",
+                f", fleet {fleet.fleet.name}" if fleet is not None else "",
             )
-            task_status.started(server)
+            # A fleet node advertises its console in its record, unless the application
+            # already set a URL (a proxy's, say). A fleet server is no node: it has no record.
+            node = fleet.fleet if fleet is not None else None
+            if node is not None and (node.statistics().role != "node" or node.control_url):
+                node = None
+            if node is not None:
+                node.set_control_url(_advertised_url(server))
+            try:
+                task_status.started(server)
+                await trio.sleep_forever()
+            finally:
+                if node is not None:
+                    node.set_control_url(None)
+
+
+def _advertised_url(server: ControlServer) -> str:
+    """The server's URL as other machines would dial it (a wildcard address becomes this
+    machine's name)."""
+    if server.host in ("0.0.0.0", "::", ""):
+        scheme = "wss" if server._tls else "ws"
+        return f"{scheme}://{socket.gethostname()}:{server.port}"
+    return server.url

@@ -1,5 +1,5 @@
-"""The control server's sockets: listeners, peers, and a server-side websocket that runs
-inside a scope the server owns.
+"""The control plane's sockets: listeners, peers, a server-side websocket that runs inside a
+scope the server owns, and what a client's failure to connect means.
 
 trio-websocket's ``serve_websocket`` runs each connection's protocol reader in a nursery of
 its own, so an error in that reader (wsproto refusing to send a second close frame, say)
@@ -11,9 +11,11 @@ task, where every error is contained (see ``ControlServer._serve_stream``).
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 
 import trio
+import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -106,3 +108,36 @@ def stream_peer(stream: trio.abc.Stream) -> tuple[str, str]:
     address = str(address)
     shown = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     return address, shown
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a client could not connect: the most specific reason in the failure's chain
+    (trio wraps each attempt's error in a group under a generic "all attempts failed")."""
+    found: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                stack.append(linked)
+    for candidate in found:
+        if isinstance(candidate, ConnectionRefusedError):
+            return "connection refused (is the control server running on that port?)"
+    for candidate in found:
+        if isinstance(candidate, socket.gaierror):
+            return f"cannot resolve the host name ({candidate.strerror})"
+        if isinstance(candidate, ssl.SSLError):
+            return f"TLS error ({candidate.reason or candidate})"
+        if isinstance(candidate, trio_websocket.ConnectionTimeout | TimeoutError):
+            return "timed out"
+    for candidate in found:
+        if isinstance(candidate, OSError) and candidate.strerror:
+            return candidate.strerror
+    return str(exc) or type(exc).__name__

@@ -19,6 +19,7 @@ persistence) are stored again, newest first, so the fleet re-converges.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
@@ -45,7 +46,7 @@ from ._records import (
     parse_ack,
 )
 from ._redis import new_client, redis_failure, reraise_without_redis_noise
-from ._types import FleetLinkChanged, FleetLinkStatistics, FleetView
+from ._types import FleetLinkChanged, FleetLinkStatistics, FleetView, wall_until
 from ._view import node_record
 
 __all__ = ["FleetLink"]
@@ -128,6 +129,7 @@ class FleetLink:
         self._started = time.time()
         self._hostname = socket.gethostname()
         self.control_url: str | None = None
+        self._session_scope: trio.CancelScope | None = None
 
     # --- state -----------------------------------------------------------------------------
 
@@ -211,6 +213,19 @@ class FleetLink:
 
     def _new_client(self) -> coredis.Redis[bytes]:
         return new_client(self._url, self.timeout)
+
+    def session_failed(self, error: str) -> None:
+        """A read or command on an observer's session failed (Redis down or stalled): mark
+        the link down now and end the session, which reconnects with backoff. An observer
+        sends nothing on its own, so without this a stalled Redis would go unnoticed. (A
+        node's heartbeat notices within a publish interval; one slow read by a console must
+        not tear down the session a node receives its commands on.)"""
+        if self.role == "node":
+            return
+        if self._up:
+            self._mark_down(error)
+        if self._session_scope is not None:
+            self._session_scope.cancel()
 
     # --- overrides -----------------------------------------------------------------------------
 
@@ -360,7 +375,10 @@ class FleetLink:
                 delay = RETRY_MIN
                 while True:
                     started = trio.current_time()
-                    error = await self._session()
+                    error = "a read on the session failed"  # when session_failed ended it
+                    with trio.CancelScope() as self._session_scope:
+                        error = await self._session()
+                    self._session_scope = None
                     self._mark_down(error)
                     if trio.current_time() - started > 10 * RETRY_MAX:
                         delay = RETRY_MIN  # it was up a good while: retry soon
@@ -527,7 +545,16 @@ class FleetLink:
                 "from": event.from_state.value,
                 "to": event.to_state.value,
                 "cause": event.cause,
+                "consecutive_failures": str(event.consecutive_failures),
+                "calls_in_window": str(event.calls_in_window),
+                "trips": str(event.trips),
             }
+            if event.failure_rate is not None:
+                fields["failure_rate"] = repr(round(event.failure_rate, 4))
+            if event.open_until is not None:
+                # A Unix time (other machines read it), or "inf": until reset.
+                until = wall_until(event.open_until, event.at, event.wall)
+                fields["open_until"] = "inf" if until == math.inf else repr(until)
             if event.actor is not None:
                 fields["actor"] = event.actor
             if event.reason is not None:

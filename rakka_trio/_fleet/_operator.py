@@ -120,6 +120,7 @@ async def issue_command(
             error = redis_failure(exc)
             if error is None:
                 reraise_without_redis_noise(exc)
+            link.session_failed(error)
             raise FleetUnavailable(
                 f"fleet {link.config.name!r}: the command was not stored ({error})"
             ) from None
@@ -193,8 +194,10 @@ async def read_view(link: FleetLink) -> FleetView:
             link.last_view = view
             return view
         except BaseException as exc:
-            if redis_failure(exc) is None:
+            error = redis_failure(exc)
+            if error is None:
                 reraise_without_redis_noise(exc)
+            link.session_failed(error)
     return _stale_view(link)
 
 
@@ -240,6 +243,7 @@ async def read_recent_events(link: FleetLink, count: int, after: str | None) -> 
         error = redis_failure(exc)
         if error is None:
             reraise_without_redis_noise(exc)
+        link.session_failed(error)
         raise FleetUnavailable(f"fleet {link.config.name!r}: {error}") from None
     link.commands_sent += 1
     out: list[FleetEvent] = []

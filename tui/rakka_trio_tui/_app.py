@@ -13,30 +13,30 @@ Data flow, one direction at a time:
 
 from __future__ import annotations
 
-import functools
 import random
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, ClassVar
 
+import attrs
 from rich.cells import cell_len
 from rich.text import Text
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.message import Message
 from textual.widgets import DataTable, Footer, Input, RichLog, Static
 
-from rakka_trio import open_control_client
 from rakka_trio._credentials import Secret
 from rakka_trio._redact import redact
 
+from ._fleet import FleetTable, fleet_empty_text, fleet_status_cells
 from ._guest import TrioGuest
 from ._incident import IncidentPanel
 from ._incident_view import last_serving_warning
-from ._link import Backoff, Connector, ControlLink
-from ._model import CommandDone, CommandRequest, CommandSent, LinkStatus, Model, reduce
+from ._link import Backoff, ClientLike, Connector, ControlLink
+from ._model import CommandDone, CommandRequest, CommandSent, LinkStatus, LogLine, Model, reduce
 from ._model import Input as ModelInput
 from ._screens import CommandScreen, ConfirmScreen, HelpScreen
 from ._text import display_url, safe_text
@@ -51,6 +51,7 @@ from ._view import (
     status_cells,
     table_rows,
 )
+from ._widgets import DEFAULT_CLIENT_NAME, FilterInput, LinkEvent, cells_text, default_connector
 
 if TYPE_CHECKING:
     import asyncio
@@ -59,58 +60,12 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_CLIENT_NAME", "LinkEvent", "RakkaTui", "default_connector"]
 
-DEFAULT_CLIENT_NAME = "tui"
-"""The ``client`` name sent in the hello (the audit trail shows ``tui@address:port``)."""
-
 _TICK = 0.5  # seconds between redraws of countdowns and the header
 _LOG_LINES = 5000
 _COMMAND_KEYS = frozenset({"f", "r", "d"})
 _COMMAND_ACTIONS = frozenset({"force_open", "reset", "disable"})
 _TABLE_HEIGHT_SHARE = 0.6  # the table's max-height in the CSS below
 _SCROLLBAR_WIDTH = 2
-
-
-def _text(cells: Sequence[Cell]) -> Text:
-    # Text objects, never strings: Textual would parse a string as markup, and server text
-    # like "[bold]" must be shown as typed.
-    return Text.assemble(*((cell.text, cell.style) for cell in cells))
-
-
-def default_connector(
-    url: str,
-    token: Secret | None,
-    *,
-    client_name: str = DEFAULT_CLIENT_NAME,
-    ssl_context: ssl.SSLContext | None = None,
-) -> Connector:
-    """A connector that opens a real control-plane connection to ``url``."""
-    return functools.partial(
-        open_control_client,
-        url,
-        token=token,
-        client_name=client_name,
-        ssl_context=ssl_context,
-    )
-
-
-class LinkEvent(Message):
-    """Something from the Trio side: a server frame, a connection change or a command answer."""
-
-    def __init__(self, event: ModelInput) -> None:
-        super().__init__()
-        self.event = event
-
-
-class FilterInput(Input):
-    """The ``/`` filter box: Escape clears and hides it."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "clear", "Clear filter")]
-
-    def action_clear(self) -> None:
-        """Clear the filter and give the table the focus back."""
-        self.value = ""
-        self.app.query_one("#endpoints", DataTable).focus()
-        self.display = False
 
 
 class RakkaTui(App[int]):
@@ -136,6 +91,7 @@ class RakkaTui(App[int]):
         Binding("d", "disable", "Disable"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("s", "toggle_scope", "Node/fleet", show=False),
         Binding("q", "quit", "Quit"),
         # Textual's default Ctrl-C only tells you to press Ctrl-Q; operators expect it to quit.
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
@@ -153,8 +109,13 @@ class RakkaTui(App[int]):
         height: auto;
         max-height: 60%;
     }
-    #endpoints.stale {
+    #endpoints.stale, #fleet.stale {
         opacity: 60%;
+    }
+    #fleet {
+        display: none;
+        height: auto;
+        max-height: 60%;
     }
     #empty {
         height: auto;
@@ -185,6 +146,7 @@ class RakkaTui(App[int]):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         exit_when: Callable[[], str | None] | None = None,
+        scope: str | None = None,
     ) -> None:
         super().__init__()
         secret = Secret(token) if isinstance(token, str) else token  # registers it for redact
@@ -205,9 +167,16 @@ class RakkaTui(App[int]):
         self._mounted = False
         self._redraw_pending = False
         self._guest = TrioGuest()
-        connector = connect or default_connector(
-            url, secret, client_name=client_name, ssl_context=ssl_context
-        )
+        # "node" or "fleet": asked of the server at each connection; s toggles it.
+        self._scope = "fleet" if scope == "fleet" else "node"
+
+        def fleet_aware() -> AbstractAsyncContextManager[ClientLike]:
+            fleet = "fleet" if self._scope == "fleet" else None
+            return default_connector(
+                url, secret, client_name=client_name, ssl_context=ssl_context, scope=fleet
+            )()
+
+        connector = connect or fleet_aware
         self._link = ControlLink(connector, self._emit, backoff=backoff, rng=rng, scrub=self._scrub)
 
     # --- state seen by tests and the CLI ------------------------------------------------------
@@ -240,6 +209,7 @@ class RakkaTui(App[int]):
             placeholder="filter: endpoint, provider or state (Esc clears)", id="filter"
         )
         yield DataTable(id="endpoints", cursor_type="row", zebra_stripes=True)
+        yield FleetTable(lambda: self._model.fleet, id="fleet")
         yield Static("", id="empty")
         yield IncidentPanel(id="incident")
         yield Static("Events", id="log-title")
@@ -338,7 +308,9 @@ class RakkaTui(App[int]):
             log = self.query_one("#log", RichLog)
             wall = self._wall_clock()
             for line in lines:
-                log.write(_text([Cell(redact(c.text), c.style) for c in log_cells(line, wall)]))
+                log.write(
+                    cells_text([Cell(redact(c.text), c.style) for c in log_cells(line, wall)])
+                )
         # One redraw for a burst of frames (a thousand endpoints' worth of transitions must
         # not rebuild the table a thousand times).
         if not self._redraw_pending:
@@ -364,8 +336,9 @@ class RakkaTui(App[int]):
         if not self._drawable:
             return
         now = self._clock()
-        status = [Cell(redact(c.text), c.style) for c in status_cells(self._model, self._url, now)]
-        self.query_one("#status", Static).update(_text(status))
+        header = fleet_status_cells if self._model.fleet is not None else status_cells
+        status = [Cell(redact(c.text), c.style) for c in header(self._model, self._url, now)]
+        self.query_one("#status", Static).update(cells_text(status))
         self._redraw_table(now)
         self.query_one(IncidentPanel).show(self._model, self.selected_endpoint())
         can_command = self._model.can_command
@@ -383,6 +356,9 @@ class RakkaTui(App[int]):
 
     def _redraw_table(self, now: float) -> None:
         table = self.query_one("#endpoints", DataTable)
+        fleet = self.query_one("#fleet", FleetTable)
+        if self._redraw_fleet(table, fleet):
+            return
         rows = table_rows(self._model, now, self._filter)
         keys = [row.key for row in rows]
         layout = fit_columns(rows, self._table_width(len(rows)))
@@ -412,7 +388,7 @@ class RakkaTui(App[int]):
             else:
                 table.clear()
             for row in rows:
-                cells = (_text([layout.cell(i, row.cells[i])]) for i in layout.columns)
+                cells = (cells_text([layout.cell(i, row.cells[i])]) for i in layout.columns)
                 table.add_row(*cells, key=row.key)
             self._widths = [
                 max([cell_len(title), *(cell_len(layout.cell(i, r.cells[i]).text) for r in rows)])
@@ -424,7 +400,7 @@ class RakkaTui(App[int]):
         else:
             # Same rows: touch only the cells that changed, so the cursor and scroll stay.
             for key, index, cell in changed:
-                table.update_cell(key, COLUMNS[index], _text([cell]))
+                table.update_cell(key, COLUMNS[index], cells_text([cell]))
         self._row_keys = keys
         self._rendered = {
             row.key: tuple(layout.cell(i, c) for i, c in enumerate(row.cells)) for row in rows
@@ -448,6 +424,8 @@ class RakkaTui(App[int]):
 
     def selected_endpoint(self) -> str | None:
         """The endpoint under the table's cursor, if any."""
+        if self._model.fleet is not None:
+            return self.query_one("#fleet", FleetTable).selected()
         table = self.query_one("#endpoints", DataTable)
         if table.row_count == 0:
             return None
@@ -569,6 +547,8 @@ class RakkaTui(App[int]):
     def _send(self, request: CommandRequest | None) -> None:
         if request is None:
             return
+        if self._model.fleet is not None:
+            request = attrs.evolve(request, scope="fleet")  # fleet mode acts on every node
         if not self._model.can_command:
             # The connection dropped while the dialog was open.
             self._apply(CommandDone(request=request, ok=False, error="not connected"))
@@ -580,3 +560,38 @@ class RakkaTui(App[int]):
     def _command_done(self, done: CommandDone) -> None:
         # Called by Trio code, on this thread.
         self.post_message(LinkEvent(done))
+
+    # --- fleet mode (see _fleet) ----------------------------------------------------------------
+
+    @property
+    def scope(self) -> str:
+        """``"node"`` or ``"fleet"``: the scope asked of the server (``s`` toggles it)."""
+        return self._scope
+
+    def _redraw_fleet(self, table: DataTable[Text], fleet: FleetTable) -> bool:
+        """Show the fleet table instead of the endpoint table while the server feeds the
+        fleet; ``True`` when it did."""
+        snapshot = self._model.fleet
+        fleet_mode = snapshot is not None
+        if fleet.display != fleet_mode:
+            fleet.display = fleet_mode
+            table.display = not fleet_mode
+            (fleet if fleet_mode else table).focus()
+        if snapshot is None:
+            return False
+        fleet.set_class(self._model.link.status is not LinkStatus.CONNECTED, "stale")
+        fleet.show(snapshot, self._filter, self._wall_clock())
+        self.query_one("#empty", Static).update(Text(fleet_empty_text(self._model, self._filter)))
+        return True
+
+    def action_toggle_scope(self) -> None:
+        """Switch between this node and the whole fleet: reconnect asking for the other."""
+        self._scope = "node" if self._scope == "fleet" else "fleet"
+        self._model = Model()  # the other scope's figures come with the new welcome
+        self._row_keys = []
+        text = f"switching to {self._scope} scope: reconnecting"
+        self.query_one("#log", RichLog).write(
+            cells_text(log_cells(LogLine(wall=None, endpoint=None, text=text), self._wall_clock()))
+        )
+        self._redraw()
+        self._guest.call_soon(self._link.reconnect)

@@ -26,7 +26,8 @@ def add_tui_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "tui",
         help="live terminal console: breakers, events, force-open and reset",
         description="Watch a control server live (endpoint table, event log) and act on "
-        "breakers: f force-open, r reset, d disable, / filter, ? help, q (or Ctrl-C) quit. "
+        "breakers: f force-open, r reset, d disable, / filter, s node/fleet scope, ? help, "
+        "q (or Ctrl-C) quit. "
         "Durations are typed like the CLI's --duration (300, 90s, 5m, 2h, 1d). Reconnects "
         "automatically when the connection drops.",
         epilog=f"The token comes from --token, --token-file or ${TOKEN_ENV} (prefer the "
@@ -41,6 +42,12 @@ def add_tui_subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     tui.add_argument(
         "--cafile", metavar="PATH", help="CA bundle to verify a wss:// server's certificate"
+    )
+    tui.add_argument(
+        "--fleet",
+        action="store_true",
+        help="show every node of the server's fleet (Enter on an endpoint lists its nodes); "
+        "f, r and d then act on every node",
     )
 
 
@@ -68,6 +75,7 @@ def run_tui(
     client_name: str = "tui",
     ssl_context: ssl.SSLContext | None = None,
     exit_when: Callable[[], str | None] | None = None,
+    scope: str | None = None,
 ) -> int:
     """Run the console against ``url`` until the operator quits (or ``exit_when``, polled
     twice a second, returns a message to close with); the exit status."""
@@ -80,7 +88,12 @@ def run_tui(
     from ._app import RakkaTui
 
     app = RakkaTui(
-        url, token=token, client_name=client_name, ssl_context=ssl_context, exit_when=exit_when
+        url,
+        token=token,
+        client_name=client_name,
+        ssl_context=ssl_context,
+        exit_when=exit_when,
+        scope=scope,
     )
     app.run()
     return app.return_code or 0
@@ -102,6 +115,9 @@ def run_tui_command(args: argparse.Namespace) -> int:
         _error("--client: 1 to 128 printable characters")
         return EXIT_USAGE
     try:
-        return run_tui(args.url, token=token, client_name=client, ssl_context=ssl_context)
+        scope = "fleet" if args.fleet else None
+        return run_tui(
+            args.url, token=token, client_name=client, ssl_context=ssl_context, scope=scope
+        )
     except KeyboardInterrupt:
         return 130

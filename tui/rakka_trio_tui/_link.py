@@ -105,6 +105,7 @@ def build_command(request: CommandRequest, command_id: int) -> Command:
             endpoint=request.endpoint,
             duration=request.duration,
             reason=request.reason,
+            scope=request.scope,
         )
     if request.kind == "disable":
         return proto.Disable(
@@ -112,9 +113,12 @@ def build_command(request: CommandRequest, command_id: int) -> Command:
             endpoint=request.endpoint,
             duration=request.duration,
             reason=request.reason,
+            scope=request.scope,
         )
     if request.kind == "reset":
-        return proto.Reset(id=command_id, endpoint=request.endpoint, reason=request.reason)
+        return proto.Reset(
+            id=command_id, endpoint=request.endpoint, reason=request.reason, scope=request.scope
+        )
     raise ValueError(f"unknown command kind {request.kind!r}")
 
 
@@ -144,6 +148,7 @@ class ControlLink:
         self._nursery: trio.Nursery | None = None
         self._client: ClientLike | None = None
         self._refreshing = False
+        self._attempt_scope: trio.CancelScope | None = None
 
     @property
     def connected(self) -> bool:
@@ -173,40 +178,61 @@ class ControlLink:
             return
         nursery.start_soon(self._execute, request, done)
 
+    def reconnect(self) -> None:
+        """Drop the connection (or the wait before the next attempt) and connect again at
+        once; the connector decides what to open (the console's node/fleet toggle)."""
+        if self._attempt_scope is not None:
+            self._attempt_scope.cancel()
+
     async def _connection_loop(self) -> None:
         retry = 0
         while True:
-            self._emit(Connecting(attempt=retry))
-            started: float | None = None
-            try:
-                async with self._connect() as client:
-                    started = trio.current_time()
-                    self._client = client
-                    try:
-                        self._emit(Connected(welcome=client.welcome))
-                        silent = await self._relay(client)
-                    finally:
-                        self._client = None
-                closed = client.closed
-                reason = silent or "connection lost: " + (closed.describe() if closed else "closed")
-            except ControlAuthError as exc:
-                self._emit(Disconnected(reason=self._scrub(str(exc)), retry_in=None, attempt=retry))
+            with trio.CancelScope() as scope:
+                self._attempt_scope = scope
+                next_retry = await self._attempt(retry)
+            self._attempt_scope = None
+            if scope.cancelled_caught:
+                retry = 0  # reconnect() asked: a fresh start, no backoff
+                continue
+            if next_retry is None:
                 return
-            except ControlError as exc:
-                reason = self._scrub(str(exc))
-            except ValueError as exc:
-                # A value the protocol refuses before anything is sent (the client name):
-                # the same every time, so retrying would only spin.
-                self._emit(Disconnected(reason=self._scrub(str(exc)), retry_in=None, attempt=retry))
-                return
-            if started is not None and trio.current_time() - started >= _HEALTHY_AFTER:
-                retry = 0
-            retry += 1
-            delay = self._backoff.delay(retry, self._rng)
-            if not math.isfinite(delay) or delay < 0:
-                delay = self._backoff.maximum
-            self._emit(Disconnected(reason=reason, retry_in=delay, attempt=retry))
-            await trio.sleep(delay)
+            retry = next_retry
+
+    async def _attempt(self, retry: int) -> int | None:
+        """One connection, relayed until it ends, then the backoff; the next retry number,
+        or ``None`` when retrying cannot help."""
+        self._emit(Connecting(attempt=retry))
+        started: float | None = None
+        try:
+            async with self._connect() as client:
+                started = trio.current_time()
+                self._client = client
+                try:
+                    self._emit(Connected(welcome=client.welcome))
+                    silent = await self._relay(client)
+                finally:
+                    self._client = None
+            closed = client.closed
+            reason = silent or "connection lost: " + (closed.describe() if closed else "closed")
+        except ControlAuthError as exc:
+            self._emit(Disconnected(reason=self._scrub(str(exc)), retry_in=None, attempt=retry))
+            return None
+        except ControlError as exc:
+            reason = self._scrub(str(exc))
+        except ValueError as exc:
+            # A value the protocol refuses before anything is sent (the client name):
+            # the same every time, so retrying would only spin.
+            self._emit(Disconnected(reason=self._scrub(str(exc)), retry_in=None, attempt=retry))
+            return None
+        if started is not None and trio.current_time() - started >= _HEALTHY_AFTER:
+            retry = 0
+        retry += 1
+        delay = self._backoff.delay(retry, self._rng)
+        if not math.isfinite(delay) or delay < 0:
+            delay = self._backoff.maximum
+        self._emit(Disconnected(reason=reason, retry_in=delay, attempt=retry))
+        await trio.sleep(delay)
+        return retry
 
     async def _relay(self, client: ClientLike) -> str | None:
         """Forward frames until the connection ends (``None``) or falls silent for longer
@@ -258,4 +284,12 @@ class ControlLink:
         except (ControlError, ValueError) as exc:
             done(CommandDone(request=request, ok=False, error=self._scrub(str(exc))))
             return
-        done(CommandDone(request=request, ok=True, state=ack.state))
+        done(
+            CommandDone(
+                request=request,
+                ok=True,
+                state=ack.state,
+                nodes_acked=tuple(ack.nodes_acked or ()),
+                nodes_missing=tuple(ack.nodes_missing or ()),
+            )
+        )

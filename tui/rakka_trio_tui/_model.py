@@ -79,16 +79,17 @@ class SnapshotReceived:
 @attrs.frozen(kw_only=True)
 class CommandRequest:
     """What the operator asked for: ``kind`` is ``force_open``, ``reset`` or ``disable``;
-    ``duration`` ``None`` means "until reset"."""
+    ``duration`` ``None`` means "until reset"; ``scope`` ``"fleet"`` acts on every node."""
 
     kind: str
     endpoint: str
     duration: float | None = None
     reason: str | None = None
+    scope: str | None = None
 
     def describe(self) -> str:
         """A one-line description for the log, e.g. ``force_open a for 5m (reason: x)``."""
-        text = f"{self.kind} {self.endpoint}"
+        text = f"{'fleet ' if self.scope == 'fleet' else ''}{self.kind} {self.endpoint}"
         if self.kind != "reset":
             text += f" for {format_duration(self.duration)}" if self.duration else " until reset"
         if self.reason:
@@ -105,12 +106,15 @@ class CommandSent:
 
 @attrs.frozen(kw_only=True)
 class CommandDone:
-    """The answer to a command: ``ok`` with the endpoint's new ``state``, or the error."""
+    """The answer to a command: ``ok`` with the endpoint's new ``state``, or the error. A
+    fleet command's answer lists the nodes that acked and those that did not in time."""
 
     request: CommandRequest
     ok: bool
     state: str | None = None
     error: str | None = None
+    nodes_acked: tuple[str, ...] = ()
+    nodes_missing: tuple[str, ...] = ()
 
 
 Input: TypeAlias = (
@@ -177,6 +181,7 @@ class Model:
     endpoints: tuple[EndpointView, ...] = ()
     deployments: tuple[proto.DeploymentState, ...] = ()
     last_event_wall: float | None = None
+    fleet: proto.FleetSnapshot | None = None  # fleet scope: every node (see _fleet)
 
     @property
     def can_command(self) -> bool:
@@ -311,20 +316,27 @@ def _transition_line(frame: proto.TransitionFrame) -> LogLine:
         parts.append(f"reason: {frame.reason}")
     return LogLine(
         wall=frame.wall,
-        endpoint=safe_text(frame.endpoint),
+        endpoint=safe_text(_where(frame.node, frame.endpoint)),
         text=safe_text("  ".join(parts)),
         style=STATE_STYLES.get(frame.to_state, ""),
     )
 
 
+def _where(node: str | None, endpoint: str) -> str:
+    return f"{node}: {endpoint}" if node else endpoint
+
+
 def _command_line(frame: proto.CommandFrame) -> LogLine:
-    text = f"{frame.command} by {frame.actor}"
+    text = f"{'fleet ' if frame.scope == 'fleet' else ''}{frame.command} by {frame.actor}"
     if frame.command != "reset":
         text += f" for {format_duration(frame.duration)}" if frame.duration else " until reset"
     if frame.reason:
         text += f"  reason: {frame.reason}"
     return LogLine(
-        wall=frame.wall, endpoint=safe_text(frame.endpoint), text=safe_text(text), style="cyan"
+        wall=frame.wall,
+        endpoint=safe_text(_where(frame.node, frame.endpoint)),
+        text=safe_text(text),
+        style="cyan",
     )
 
 
@@ -358,6 +370,8 @@ def _frame(
 ) -> tuple[Model, tuple[LogLine, ...]]:
     model = attrs.evolve(model, link=attrs.evolve(model.link, last_frame_at=now))
     if isinstance(frame, proto.StatsFrame):
+        if frame.fleet is not None:
+            model = attrs.evolve(model, fleet=frame.fleet)
         return _with_endpoints(model, frame.endpoints, now, frame.deployments), ()
     if isinstance(frame, proto.TransitionFrame):
         model = _apply_transition(_seen(model, frame.wall), frame, now)
@@ -393,12 +407,27 @@ def _frame(
         snapshot = frame.snapshot
         return _with_endpoints(model, snapshot.endpoints, now, snapshot.deployments), ()
     if isinstance(frame, proto.AckFrame):
+        if frame.fleet is not None:
+            return attrs.evolve(model, fleet=frame.fleet), ()
         if frame.snapshot is not None:
             snapshot = frame.snapshot
             return _with_endpoints(model, snapshot.endpoints, now, snapshot.deployments), ()
         return model, ()
     # An unknown frame type: a newer server. Nothing to show; the table keeps working.
     return model, ()
+
+
+def _fleet_done_line(event: CommandDone) -> LogLine:
+    acked, missing = event.nodes_acked, event.nodes_missing
+    text = (
+        f"fleet {event.request.kind} {event.request.endpoint}: acked by "
+        f"{len(acked)}/{len(acked) + len(missing)} nodes"
+    )
+    if missing:
+        text += f"; missing: {', '.join(missing)} (they apply it when back)"
+    return LogLine(
+        wall=None, endpoint=None, text=safe_text(text), style="bold red" if missing else "cyan"
+    )
 
 
 def reduce(model: Model, event: Input, now: float) -> tuple[Model, tuple[LogLine, ...]]:
@@ -426,7 +455,9 @@ def reduce(model: Model, event: Input, now: float) -> tuple[Model, tuple[LogLine
         )
         text = f"connected as {new_link.role} to {new_link.server} (node {new_link.node_id})"
         line = LogLine(wall=None, endpoint=None, text=text, style="green")
-        model, earlier = _history(attrs.evolve(model, link=new_link), welcome.history or ())
+        model, earlier = _history(
+            attrs.evolve(model, link=new_link, fleet=welcome.fleet), welcome.history or ()
+        )
         snapshot = welcome.snapshot
         return _with_endpoints(model, snapshot.endpoints, now, snapshot.deployments), (
             *earlier,
@@ -461,7 +492,9 @@ def reduce(model: Model, event: Input, now: float) -> tuple[Model, tuple[LogLine
         return model, (line,)
     if isinstance(event, CommandDone):
         request = event.request
-        if event.ok:
+        if event.ok and request.scope == "fleet":
+            line = _fleet_done_line(event)
+        elif event.ok:
             text = f"{request.kind} {request.endpoint}: done, now {event.state or '?'}"
             line = LogLine(wall=None, endpoint=None, text=safe_text(text), style="cyan")
         else:

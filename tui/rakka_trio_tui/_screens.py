@@ -178,6 +178,9 @@ Keys
            disabled state (asks to confirm)
   d        disable it: bypass the breaker (asks duration, reason)
   /        filter the table by name, provider or state (Esc clears)
+  s        node / fleet: every node of the server's fleet (f, r, d
+           then act on every node and log which nodes acked)
+  Enter    in fleet mode: the selected endpoint on each node
   ?        this help
   q        quit (also Ctrl-C, Ctrl-Q)
 
