@@ -18,6 +18,7 @@ credential once and retries at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -63,6 +64,8 @@ _MAX_ERROR_BODY = 64 * 1024  # bytes of an error response read for classificatio
 _DEFAULT_OUTPUT_ESTIMATE = 1024  # output tokens reserved when a request sets no max_tokens
 
 MoveOn = Callable[[RakkaError], bool]
+
+_NO_SCOPE = contextlib.nullcontext()  # stands in for the total timeout's scope when unset
 
 
 def _estimate(request: ChatRequest) -> Cost:
@@ -200,7 +203,6 @@ class Endpoint:
         raised at once, so the request can go to another endpoint instead.
         """
         total = self._config.timeouts.total
-        deadline = trio.current_time() + total if total is not None else float("inf")
         # The metrics hook (also enforces a "reject" budget before anything is sent).
         call = self._meter.begin(request.model or self._config.model) if self._meter else None
         stream: ChunkStream | None = None
@@ -208,7 +210,9 @@ class Endpoint:
         if move_on is not None:
             attempt = functools.partial(self._open, move_on=move_on)
         try:
-            with trio.move_on_at(deadline) as scope:
+            # A cancel scope costs about as much as parsing a chunk: none without a total.
+            deadline = trio.current_time() + total if total is not None else None
+            with trio.move_on_at(deadline) if deadline is not None else _NO_SCOPE as scope:
                 stream = await self._with_retries(request, attempt, call, move_on)
                 if call is not None:
                     call.first_chunk()
@@ -216,7 +220,7 @@ class Endpoint:
                     yield stream
                 finally:
                     await stream.aclose()
-            if scope.cancelled_caught:
+            if scope is not None and scope.cancelled_caught:
                 raise self._total_timeout()
         except BaseException as exc:
             if call is not None:
@@ -229,10 +233,10 @@ class Endpoint:
         """The whole completion at once. A stream that fails midway may be retried, since no
         output reached the caller yet."""
         total = self._config.timeouts.total
-        deadline = trio.current_time() + total if total is not None else float("inf")
+        deadline = trio.current_time() + total if total is not None else None
         call = self._meter.begin(request.model or self._config.model) if self._meter else None
         try:
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(deadline) if deadline is not None else _NO_SCOPE:
                 done = await self._with_retries(
                     request, functools.partial(self._collect, call=call), call
                 )

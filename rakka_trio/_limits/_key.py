@@ -408,6 +408,8 @@ class Key:
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
         """Lower limits to the provider's and clamp buckets to its ``remaining``."""
+        if not self.spec.dims:
+            return  # only configured limits adapt: spare every response the parsing
         hints = parse_rate_limit_headers(headers, provider=self.provider)
         if not hints:
             return
