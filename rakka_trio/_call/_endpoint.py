@@ -365,9 +365,9 @@ class Endpoint:
         reservation: Reservation | None = None
         try:
             if self._limiter is not None:
-                # Exiting the stack releases the concurrency permit; an exit before the
-                # request went out refunds the estimate (cancellation while waiting takes
-                # nothing at all).
+                # Exiting the stack releases the concurrency permit; a failure before the
+                # request goes out refunds the estimate (see below; cancellation while
+                # waiting takes nothing at all).
                 reservation = await stack.enter_async_context(
                     await self._reserve(request, model, move_on)
                 )
@@ -385,10 +385,13 @@ class Endpoint:
                 params=call.params or None,
                 headers={"accept": "text/event-stream", **call.headers},
             )
+            if reservation is not None:
+                # From here the provider may see the request (even if sending fails): the
+                # estimate stands.
+                reservation.mark_sent()
             response = await self._send(client, http_request)
             stack.push_async_callback(response.aclose)
             if reservation is not None:
-                reservation.mark_sent()
                 self._observe(response, model)
             if response.status_code >= 400:
                 body = await self._read_error_body(response)
@@ -432,6 +435,8 @@ class Endpoint:
         except BaseException as exc:
             if token is not None:
                 self._breaker_finish(token, exc)
+            if reservation is not None and not reservation.sent:
+                reservation.refund()  # never sent (cancelled, breaker opened ...): all back
             await close_resources(stack)
             raise
 
