@@ -281,16 +281,15 @@ class LimiterHandle:
         return ReservationRequest(self, cost, model, max_wait)
 
     async def _reserve(self, cost: Cost, model: str | None, max_wait: float | None) -> Reservation:
-        key = self._key(model)
+        key = self._default if model is None else self._keys.get(model)
+        if key is None or key.closed:
+            key = self._key(model)
         permit = key.spec.max_concurrent is not None
         try:
-            await key.acquire(cost._v, permit, self._bound(max_wait))
+            await key.acquire(cost._v, permit, self._max_wait if max_wait is None else max_wait)
         except RateLimitExceeded as exc:
             raise self._local(exc) from None
         return Reservation(key, cost, permit)
-
-    def _bound(self, max_wait: float | None) -> float:
-        return self._max_wait if max_wait is None else max_wait
 
     def _local(self, exc: RateLimitExceeded) -> RateLimitExceeded:
         """A refusal to wait as a :class:`LocalRateLimited` naming this endpoint; a cost that
