@@ -153,3 +153,23 @@ async def test_a_caller_that_finds_budget_never_overtakes_a_waiter(
         at = trio.current_time()
         await h.acquire()
         assert trio.current_time() == at
+
+
+async def test_an_awaited_admission_one_limit_refuses_takes_from_neither(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with limiter(requests_per_minute=60, tokens_per_minute=100, max_wait=None) as h:
+        await h.acquire(rk.Cost(input_tokens=80))  # immediate: 9 requests, 20 tokens left
+        start = trio.current_time()
+        admitted_at: list[float] = []
+
+        async def second() -> None:
+            await h.acquire(rk.Cost(input_tokens=80))  # the request fits, the tokens do not
+            admitted_at.append(trio.current_time() - start)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(second)
+            await trio.testing.wait_all_tasks_blocked()
+            (key,) = h.statistics().keys
+            assert [lim.available for lim in key.limits] == [pytest.approx(9), pytest.approx(20)]
+        assert admitted_at == [pytest.approx(60 * 60 / 100)]  # 60 tokens missing at 100/min
