@@ -18,6 +18,7 @@ credential once and retries at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -64,6 +65,8 @@ _MAX_ERROR_BODY = 64 * 1024  # bytes of an error response read for classificatio
 _DEFAULT_OUTPUT_ESTIMATE = 1024  # output tokens reserved when a request sets no max_tokens
 
 MoveOn = Callable[[RakkaError], bool]
+
+_NO_SCOPE = contextlib.nullcontext()  # stands in for the total timeout's scope when unset
 
 
 def _estimate(request: ChatRequest) -> Cost:
@@ -205,7 +208,6 @@ class Endpoint:
         raised at once, so the request can go to another endpoint instead.
         """
         total = self._config.timeouts.total
-        deadline = trio.current_time() + total if total is not None else float("inf")
         # The metrics hook (also enforces a "reject" budget before anything is sent).
         call = self._meter.begin(request.model or self._config.model) if self._meter else None
         stream: ChunkStream | None = None
@@ -213,7 +215,9 @@ class Endpoint:
         if move_on is not None:
             attempt = functools.partial(self._open, move_on=move_on)
         try:
-            with trio.move_on_at(deadline) as scope:
+            # A cancel scope costs about as much as parsing a chunk: none without a total.
+            deadline = trio.current_time() + total if total is not None else None
+            with trio.move_on_at(deadline) if deadline is not None else _NO_SCOPE as scope:
                 stream = await self._with_retries(request, attempt, call, move_on)
                 if call is not None:
                     call.first_chunk()
@@ -221,7 +225,7 @@ class Endpoint:
                     yield stream
                 finally:
                     await stream.aclose()
-            if scope.cancelled_caught:
+            if scope is not None and scope.cancelled_caught:
                 raise self._total_timeout()
         except BaseException as exc:
             if call is not None:
@@ -234,10 +238,10 @@ class Endpoint:
         """The whole completion at once. A stream that fails midway may be retried, since no
         output reached the caller yet."""
         total = self._config.timeouts.total
-        deadline = trio.current_time() + total if total is not None else float("inf")
+        deadline = trio.current_time() + total if total is not None else None
         call = self._meter.begin(request.model or self._config.model) if self._meter else None
         try:
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(deadline) if deadline is not None else _NO_SCOPE:
                 done = await self._with_retries(
                     request, functools.partial(self._collect, call=call), call
                 )
@@ -366,9 +370,9 @@ class Endpoint:
         reservation: Reservation | None = None
         try:
             if self._limiter is not None:
-                # Exiting the stack releases the concurrency permit; an exit before the
-                # request went out refunds the estimate (cancellation while waiting takes
-                # nothing at all).
+                # Exiting the stack releases the concurrency permit; a failure before the
+                # request goes out refunds the estimate (see below; cancellation while
+                # waiting takes nothing at all).
                 reservation = await stack.enter_async_context(
                     await self._reserve(request, model, move_on)
                 )
@@ -386,10 +390,13 @@ class Endpoint:
                 params=call.params or None,
                 headers={"accept": "text/event-stream", **call.headers},
             )
+            if reservation is not None:
+                # From here the provider may see the request (even if sending fails): the
+                # estimate stands.
+                reservation.mark_sent()
             response = await self._send(client, http_request)
             stack.push_async_callback(response.aclose)
             if reservation is not None:
-                reservation.mark_sent()
                 self._observe(response, model)
             if response.status_code >= 400:
                 body = await self._read_error_body(response)
@@ -433,6 +440,8 @@ class Endpoint:
         except BaseException as exc:
             if permit is not None:
                 self._breaker_finish(permit, exc)
+            if reservation is not None and not reservation.sent:
+                reservation.refund()  # never sent (cancelled, breaker opened ...): all back
             await close_resources(stack)
             raise
 

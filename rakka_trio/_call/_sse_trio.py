@@ -70,7 +70,6 @@ class SSEStream:
 
     async def _read(self) -> bytes | None:
         """The next bytes from the source, ``None`` at its end."""
-        where: dict[str, Any] = {"provider": self._provider, "endpoint": self._endpoint}
         try:
             if self._read_gap is None:
                 return await self._bytes.__anext__()
@@ -81,11 +80,16 @@ class SSEStream:
         except StopAsyncIteration:
             return None
         except httpx.TimeoutException as exc:
-            raise Timeout(f"read timed out: {exc}", phase="read_gap", **where) from exc
+            raise Timeout(f"read timed out: {exc}", phase="read_gap", **self._where()) from exc
         except httpx.TransportError as exc:
-            raise NetworkError(f"stream broken: {type(exc).__name__}: {exc}", **where) from exc
+            raise NetworkError(
+                f"stream broken: {type(exc).__name__}: {exc}", **self._where()
+            ) from exc
         # Only our own move_on_after gets here; an outer cancellation propagates as Cancelled.
-        raise Timeout(f"no bytes for {self._read_gap:g} s", phase="read_gap", **where)
+        raise Timeout(f"no bytes for {self._read_gap:g} s", phase="read_gap", **self._where())
+
+    def _where(self) -> dict[str, Any]:
+        return {"provider": self._provider, "endpoint": self._endpoint}
 
     async def aclose(self) -> None:
         """Close the underlying byte iterator (idempotent)."""

@@ -248,11 +248,18 @@ class LimiterHandle:
 
         A waiter that is cancelled takes nothing. If the wait would exceed ``max_wait``
         seconds (default ``RateLimits.max_wait``), raises :class:`LocalRateLimited` (with the
-        ``wait`` needed) — at once when that is known up front. Always a Trio checkpoint.
+        ``wait`` needed) — at once when that is known up front.
+
+        Checkpoints: cancellation is always checked on entry (a cancelled caller raises
+        :class:`trio.Cancelled` and takes nothing). An admission that does not wait (nobody in
+        line, budget there) returns without yielding to the scheduler, except every 32nd on
+        a key; one that waits in line is a full checkpoint. See docs/rate-limiting.md.
         """
-        key = self._key(model)
+        key = self._default if model is None else self._keys.get(model)
+        if key is None or key.closed:
+            key = self._key(model)
         try:
-            await key.acquire(cost._v, False, self._bound(max_wait))
+            await key.acquire(cost._v, False, self._max_wait if max_wait is None else max_wait)
         except RateLimitExceeded as exc:
             raise self._local(exc) from None
 
@@ -268,21 +275,21 @@ class LimiterHandle:
         entry and releases on exit (refunding if the body fails before ``r.mark_sent()``);
         ``r = await limiter.reserve(cost)`` gives the :class:`Reservation` to manage.
 
-        Cancellation while waiting takes nothing. ``max_wait`` as for :meth:`acquire`.
+        Cancellation while waiting takes nothing. ``max_wait`` and checkpoints as for
+        :meth:`acquire`.
         """
         return ReservationRequest(self, cost, model, max_wait)
 
     async def _reserve(self, cost: Cost, model: str | None, max_wait: float | None) -> Reservation:
-        key = self._key(model)
+        key = self._default if model is None else self._keys.get(model)
+        if key is None or key.closed:
+            key = self._key(model)
         permit = key.spec.max_concurrent is not None
         try:
-            await key.acquire(cost._v, permit, self._bound(max_wait))
+            await key.acquire(cost._v, permit, self._max_wait if max_wait is None else max_wait)
         except RateLimitExceeded as exc:
             raise self._local(exc) from None
         return Reservation(key, cost, permit)
-
-    def _bound(self, max_wait: float | None) -> float:
-        return self._max_wait if max_wait is None else max_wait
 
     def _local(self, exc: RateLimitExceeded) -> RateLimitExceeded:
         """A refusal to wait as a :class:`LocalRateLimited` naming this endpoint; a cost that

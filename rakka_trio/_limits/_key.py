@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from .._errors import (
     LimiterUnavailable,
@@ -30,6 +31,11 @@ log = logging.getLogger("rakka_trio.limiter")
 #: The wait reported for a refusal whose budget is there but whose turn has not come (the
 #: line is about to move): never 0.0, which means "admitted".
 MIN_REFUSED_WAIT = 0.001
+
+#: An awaited admission that needs no wait returns without yielding to the scheduler, except
+#: every this-many-th one on a key: a loop of admissions cannot starve other tasks, and the
+#: yield (several times the cost of the admission itself) is paid only now and then.
+ADMISSIONS_PER_YIELD = 32
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -102,6 +108,7 @@ class Key:
         self.rejected = 0
         self.cancelled = 0
         self.pauses = 0
+        self._unyielded = 0  # admissions in a row without waiting or yielding (see acquire)
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -245,21 +252,30 @@ class Key:
         return max(self.wait_needed(v, False, now), MIN_REFUSED_WAIT)
 
     async def acquire(self, v: Vector, permit: bool, max_wait: float) -> None:
-        """Wait in line until ``v`` (and a permit, if asked) is taken."""
+        """Wait in line until ``v`` (and a permit, if asked) is taken.
+
+        Cancellation is checked on entry (a cancelled caller takes nothing). With nobody in
+        line and the budget there, the admission is immediate and does not yield to the
+        scheduler, except every :data:`ADMISSIONS_PER_YIELD`-th time (after taking the
+        budget, shielded, so it cannot be lost); any other admission waits in line.
+        """
         if not max_wait >= 0:
             raise ValueError(f"max_wait must be >= 0, got {max_wait!r}")
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         if self.closed:
             raise LimiterUnavailable(f"limit key {self.label} is closed", key=self.label)
         now = self._clock()
-        if not self._waiters and now >= self._paused_until:
-            wait = self._admit(v, permit, now)
-            if not wait:
-                self.admitted += 1
-                if permit:
-                    self._in_flight += 1
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return
+        # Only with nobody in line: a caller never overtakes a waiter.
+        if not self._waiters and now >= self._paused_until and not self._admit(v, permit, now):
+            self.admitted += 1
+            if permit:
+                self._in_flight += 1
+            self._unyielded += 1
+            if self._unyielded >= ADMISSIONS_PER_YIELD:
+                self._unyielded = 0
+                await cancel_shielded_checkpoint()
+            return
+        self._unyielded = 0  # waiting in line yields
         await self._wait_in_line(v, permit, max_wait)
 
     async def _wait_in_line(
@@ -392,6 +408,8 @@ class Key:
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
         """Lower limits to the provider's and clamp buckets to its ``remaining``."""
+        if not self.spec.dims:
+            return  # only configured limits adapt: spare every response the parsing
         hints = parse_rate_limit_headers(headers, provider=self.provider)
         if not hints:
             return

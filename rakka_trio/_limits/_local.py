@@ -47,10 +47,14 @@ class LocalKey(Key):
         self._lim1 = gcra.tau[1] + EPS if len(dims) > 1 else 0.0
         if len(dims) == 2:
             self.try_acquire = self._try_acquire2  # type: ignore[method-assign]
+            # The awaited admission's step, flattened too: ~0.1 µs of ~1 µs (benchmark P3).
+            self._admit = self._admit2  # type: ignore[method-assign]
         elif len(dims) == 1:
             self.try_acquire = self._try_acquire1  # type: ignore[method-assign]
+            self._admit = self._admit_n  # type: ignore[method-assign]
         else:
             self.try_acquire = self._try_acquire_n  # type: ignore[method-assign]
+            self._admit = self._admit_n  # type: ignore[method-assign]
 
     # The hot path, flattened for one and two limits (RPM, RPM+TPM): one clock read, the
     # line/pause check and the GCRA step inline, no further calls when admitted.
@@ -104,10 +108,30 @@ class LocalKey(Key):
     def _full(self, now: float) -> bool:
         return all(t <= now for t in self._gcra.tat)
 
-    def _admit(self, v: Vector, permit: bool, now: float) -> float:
+    def _admit_n(self, v: Vector, permit: bool, now: float) -> float:
         if permit and not self._permits_free():
             return math.inf
         return self._take(v, now)
+
+    _admit = _admit_n  # ``_install`` picks the flattened form where there is one
+
+    def _admit2(self, v: Vector, permit: bool, now: float) -> float:
+        if permit and not self._permits_free():
+            return math.inf
+        tat = self._tat
+        t0 = tat[0]
+        if t0 < now:
+            t0 = now
+        t0 += v[self._d0] * self._T0
+        t1 = tat[1]
+        if t1 < now:
+            t1 = now
+        t1 += v[self._d1] * self._T1
+        if t0 > now + self._lim0 or t1 > now + self._lim1:
+            return self._take(v, now)  # refused: the bucket computes the wait, taking nothing
+        tat[0] = t0
+        tat[1] = t1
+        return 0.0
 
     def _estimate(self, v: Vector, now: float, ahead: list[float] | None) -> float:
         return self._gcra.wait(v, now, ahead)

@@ -102,6 +102,29 @@ def _citations(delta: Mapping[str, Any]) -> tuple[Citation, ...]:
     return tuple(out)
 
 
+def _tool_calls(delta: Mapping[str, Any]) -> tuple[ToolCallDelta, ...]:
+    out = []
+    for raw_call in delta.get("tool_calls") or ():
+        call = as_map(raw_call)
+        fn = as_map(call.get("function"))
+        out.append(
+            ToolCallDelta(
+                as_int(call.get("index")),
+                as_str(call.get("id")) or None,
+                as_str(fn.get("name")) or None,
+                as_str(fn.get("arguments")),
+            )
+        )
+    legacy = delta.get("function_call")  # pre-tools API: one call, no id
+    if isinstance(legacy, Mapping):
+        out.append(
+            ToolCallDelta(
+                0, None, as_str(legacy.get("name")) or None, as_str(legacy.get("arguments"))
+            )
+        )
+    return tuple(out)
+
+
 class OpenAIChatAdapter(StreamAdapter):
     """Chat completion chunks → :class:`StreamChunk`.
 
@@ -156,32 +179,15 @@ class OpenAIChatAdapter(StreamAdapter):
             if chunk is not None:
                 chunks.append(chunk)
         raw_usage = obj.get("usage")
-        if isinstance(raw_usage, Mapping):
+        if raw_usage is not None and isinstance(raw_usage, Mapping):
             self.usage = openai_usage(raw_usage)
             chunks.append(StreamChunk(usage=self.usage, raw_event=event))
         return chunks
 
     def _choice(self, choice: Mapping[str, Any], event: SSEEvent) -> StreamChunk | None:
         delta = as_map(choice.get("delta"))
-        tool_calls = []
-        for raw_call in delta.get("tool_calls") or ():
-            call = as_map(raw_call)
-            fn = as_map(call.get("function"))
-            tool_calls.append(
-                ToolCallDelta(
-                    as_int(call.get("index")),
-                    as_str(call.get("id")) or None,
-                    as_str(fn.get("name")) or None,
-                    as_str(fn.get("arguments")),
-                )
-            )
-        legacy = delta.get("function_call")  # pre-tools API: one call, no id
-        if isinstance(legacy, Mapping):
-            tool_calls.append(
-                ToolCallDelta(
-                    0, None, as_str(legacy.get("name")) or None, as_str(legacy.get("arguments"))
-                )
-            )
+        # Most deltas carry only text: the rarer fields are read only when present.
+        tool_calls = _tool_calls(delta) if "tool_calls" in delta or "function_call" in delta else ()
         raw_finish = as_str(choice.get("finish_reason")) or None
         finish = None
         if raw_finish is not None:
@@ -195,27 +201,22 @@ class OpenAIChatAdapter(StreamAdapter):
             thinking = as_str(delta.get(name))
             if thinking:
                 break
-        chunk = StreamChunk(
-            text=as_str(delta.get("content")),
+        text = as_str(delta.get("content"))
+        refusal = as_str(delta.get("refusal"))
+        citations = _citations(delta) if "annotations" in delta else ()
+        if not (text or thinking or refusal or tool_calls or citations or finish):
+            return None  # e.g. the opening {"role": "assistant", "content": ""} delta
+        return StreamChunk(
+            text=text,
             thinking=thinking,
-            refusal=as_str(delta.get("refusal")),
-            tool_calls=tuple(tool_calls),
-            citations=_citations(delta),
+            refusal=refusal,
+            tool_calls=tool_calls,
+            citations=citations,
             finish_reason=finish,
             raw_finish_reason=raw_finish,
             index=as_int(choice.get("index")),
             raw_event=event,
         )
-        if not (
-            chunk.text
-            or chunk.thinking
-            or chunk.refusal
-            or chunk.tool_calls
-            or chunk.citations
-            or finish
-        ):
-            return None  # e.g. the opening {"role": "assistant", "content": ""} delta
-        return chunk
 
     def finish(self) -> list[StreamChunk]:
         """End of stream: complete only after ``[DONE]`` (or a finish reason, if lenient)."""
