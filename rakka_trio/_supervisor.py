@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -54,6 +54,9 @@ from ._fleet import Fleet, fleet_for_supervisor, no_fleet_error
 from ._history import RecordingBus
 from ._limits import LimiterHandle, LimiterRegistry, LimiterStatistics
 from ._redact import redact
+
+if TYPE_CHECKING:
+    from ._fleet._link import FleetLink
 
 __all__ = [
     "Endpoint",
@@ -151,7 +154,9 @@ class Supervisor:
         # One price table for endpoints without prices of their own (most of them).
         self._prices = PriceTable(config.prices)
         self._deployments: dict[str, Deployment] = {}
-        self._fleet: Fleet | None = fleet_for_supervisor(self)
+        fleet = fleet_for_supervisor(self)
+        self._fleet: Fleet | None = fleet[0] if fleet is not None else None
+        self._fleet_link: FleetLink | None = fleet[1] if fleet is not None else None
 
     # --- endpoints ------------------------------------------------------------------------
 
@@ -159,6 +164,12 @@ class Supervisor:
     def config(self) -> SupervisorConfig:
         """The configuration the supervisor started with."""
         return self._config
+
+    @property
+    def telemetry(self) -> TelemetrySwitch:
+        """Where this supervisor's calls send OpenTelemetry spans and metrics; set it with
+        :func:`rakka_trio.instrument_opentelemetry`."""
+        return self._telemetry
 
     @property
     def node_id(self) -> str:
@@ -216,8 +227,8 @@ class Supervisor:
         runtime = _EndpointRuntime(endpoint, engine, meter)
         handle.set_wakeup(runtime.wake)
         self._runtimes[config.name] = runtime
-        if self._fleet is not None:
-            self._fleet._endpoint_added(config.name)  # a fleet override holds before any call
+        if self._fleet_link is not None:
+            self._fleet_link.endpoint_added(config.name)  # a fleet override holds before any call
         self._nursery.start_soon(self._run_endpoint, runtime, name=f"breaker:{config.name}")
         self._bus.publish(EndpointAdded(at=trio.current_time(), endpoint=config.name))
         return runtime.endpoint
@@ -539,9 +550,9 @@ async def open_supervisor(config: SupervisorConfig) -> AsyncIterator[Supervisor]
             sup = Supervisor(config, nursery)
             try:
                 sup._start()
-                if sup._fleet is not None:  # active fleet overrides hold before the first call
-                    await sup._fleet._join()
-                    sup.start_task("fleet", sup._fleet._run)
+                if sup._fleet_link is not None:  # fleet overrides hold before the first call
+                    await sup._fleet_link.join()
+                    sup.start_task("fleet", sup._fleet_link.run)
                 yield sup
             finally:
                 sup._shutdown()

@@ -209,5 +209,5 @@ def instrument_opentelemetry(
     Raises :class:`~rakka_trio.MissingExtra` when ``opentelemetry-api`` is not installed.
     """
     require("opentelemetry", "otel", "OpenTelemetry instrumentation")
-    switch: TelemetrySwitch = supervisor._telemetry
+    switch: TelemetrySwitch = supervisor.telemetry
     switch.current = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)

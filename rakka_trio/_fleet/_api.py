@@ -187,17 +187,6 @@ class Fleet:
         """This process's link: up or down since when, commands sent, overrides known."""
         return self._link.statistics()
 
-    # --- supervisor hooks ----------------------------------------------------------------------
-
-    async def _join(self) -> None:
-        await self._link.join()
-
-    async def _run(self) -> None:
-        await self._link.run()
-
-    def _endpoint_added(self, name: str) -> None:
-        self._link.endpoint_added(name)
-
     def __repr__(self) -> str:
         state = "up" if self._link.up else "down"
         return f"<Fleet {self.name!r} node={self.node_id!r} {self._link.role} link {state}>"
@@ -224,8 +213,9 @@ def no_fleet_error() -> FleetError:
     )
 
 
-def fleet_for_supervisor(supervisor: Supervisor) -> Fleet | None:
-    """The fleet of a supervisor whose config has one (``None`` otherwise)."""
+def fleet_for_supervisor(supervisor: Supervisor) -> tuple[Fleet, FleetLink] | None:
+    """The fleet of a supervisor whose config has one, and the link the supervisor drives
+    (``join`` before serving, ``run`` as a task, ``endpoint_added``); ``None`` otherwise."""
     config = supervisor.config
     if config.fleet is None:
         return None
@@ -240,7 +230,7 @@ def fleet_for_supervisor(supervisor: Supervisor) -> Fleet | None:
         node_id=config.node_id,
         host=SupervisorHost(supervisor),
     )
-    return Fleet(link)
+    return Fleet(link), link
 
 
 @asynccontextmanager
