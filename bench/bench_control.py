@@ -66,6 +66,9 @@ async def scenario(base_url: str) -> Result:
                 token=secrets.token_urlsafe(32),
                 allow_viewers=True,
                 max_connections=VIEWERS + 16,
+                # Every viewer connects from 127.0.0.1 at once: lift the per-address limit on
+                # sockets that have not said hello yet (a defence against squatting).
+                max_unauthenticated_per_ip=VIEWERS + 16,
             )
         )
 
