@@ -16,7 +16,7 @@ def mock_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-# --- Redis for the rate-limiter tests (issue 9) ----------------------------------------------
+# --- Redis for the rate-limiter tests ----------------------------------------------------------
 # A real redis-server on a free 127.0.0.1 port, started by the tests. Where it is not installed
 # the Redis tests skip, except under RAKKA_REQUIRE_REDIS=1 (set by .ci/run): there they fail.
 

@@ -249,7 +249,7 @@ class DemoThread:
 
 
 def test_incident_drill_against_the_demo() -> None:
-    """Acceptance (issue 7): against the demo, `f` on the healthy endpoint forces it open and
+    """Against the demo, `f` on the healthy endpoint forces it open and
     the demo's traffic fails over to the backup at once."""
     # The storm starts at 20 % of the run: 30 s leaves the primary healthy while we drill.
     with DemoThread(duration=30.0) as demo:
