@@ -51,7 +51,15 @@ async def test_demo_trips_fails_over_recovers_and_takes_operator_commands() -> N
             async with rk.open_control_client(
                 attach["url"], token=attach["token"], client_name="drill"
             ) as client:
-                await trio.sleep(3.0)  # after the storm (20-50 %) is over and primary recovered
+                # Act once the storm (20-50 % of the run) is over and primary recovered.
+                with trio.fail_after(20):
+                    async for frame in client:
+                        if (
+                            isinstance(frame, TransitionFrame)
+                            and frame.endpoint == "primary"
+                            and frame.to_state == "closed"
+                        ):
+                            break
                 ack = await client.force_open("backup", duration=0.4, reason="drill-7")
                 assert ack.id is not None
                 with trio.fail_after(5):
